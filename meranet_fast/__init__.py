@@ -1,0 +1,2 @@
+"""meranet_fast: fused attention kernels and a fast MERANet for facial micro-expression recognition."""
+__version__ = "0.1.0"

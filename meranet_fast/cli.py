@@ -1,0 +1,40 @@
+"""The ``meranet-fast`` command line.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``main(args)``;
+modules are imported only when their subcommand runs, so ``meranet-fast flops`` never imports the
+trainer and ``meranet-fast --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "flops": ("meranet_fast.analysis.cli", "parameter and FLOP report: 3D ResNet vs MERANet (fvcore)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meranet-fast",
+        description="Fused attention kernels and a fast MERANet for micro-expression recognition.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
