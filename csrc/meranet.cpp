@@ -1,0 +1,44 @@
+// Operator library `meranet` (torch.ops.meranet.*): schema of every operator, and the build query.
+// Kernels register their implementations per dispatch key in csrc/cpu/ and csrc/cuda/.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <sstream>
+#include <string>
+
+#include "meranet_fast.h"
+
+// Importing meranet_fast._C only has to run the static registrations below: an empty module.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+namespace meranet {
+
+std::string build_info() {
+  std::ostringstream s;
+  s << "torch=" << MERANET_TORCH_VERSION;
+#ifdef _OPENMP
+  s << " openmp=1";
+#else
+  s << " openmp=0";
+#endif
+#ifdef MERANET_WITH_CUDA
+  s << " cuda=1 cuda_runtime=" << cuda_runtime_version();
+#else
+  s << " cuda=0";
+#endif
+  return s.str();
+}
+
+}  // namespace meranet
+
+TORCH_LIBRARY(meranet, m) {
+  m.def("build_info() -> str", &meranet::build_info);
+  // Fused spatio-temporal attention (csrc/st_attention.h, DESIGN.md §2).
+  m.def("st_attention_fwd(Tensor x, Tensor weight, Tensor? bias) -> "
+        "(Tensor out, Tensor attn, Tensor pooled, Tensor argmax)");
+  m.def("st_attention_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor attn, Tensor pooled, "
+        "Tensor argmax) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+}

@@ -1,0 +1,91 @@
+"""Build meranet_fast._C: a C++ extension always, CUDA sources added when they can be compiled.
+
+Build knobs (environment variables):
+  MERANET_SKIP_CUDA=1   never compile CUDA sources.
+  MERANET_FORCE_CUDA=1  compile CUDA sources or fail (error if torch has no CUDA or nvcc is missing).
+  TORCH_CUDA_ARCH_LIST  GPU architectures (default here: "9.0", the H100/H200 the library targets).
+  MAX_JOBS              parallel compile jobs (ninja).
+CUDA is decided from the build toolchain (torch built with CUDA + nvcc found), never from
+torch.cuda.is_available(): build machines usually have no GPU.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import site
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _locate_cuda_home() -> None:
+    """Point torch at a full toolkit: CUDA_HOME/CUDA_PATH if set, else /usr/local/cuda.
+
+    torch falls back to the folder above the first `nvcc` on PATH, which is wrong when that nvcc is
+    a wrapper script (e.g. /usr/local/bin/nvcc): its lib64 has no libcudart to link against.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
+_locate_cuda_home()
+
+import torch  # noqa: E402  (after CUDA_HOME is settled: cpp_extension reads it at import)
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _want_cuda() -> bool:
+    if _flag("MERANET_SKIP_CUDA"):
+        return False
+    toolchain_ok = torch.version.cuda is not None and CUDA_HOME is not None and os.path.exists(
+        os.path.join(CUDA_HOME, "bin", "nvcc"))
+    if _flag("MERANET_FORCE_CUDA") and not toolchain_ok:
+        sys.exit(f"MERANET_FORCE_CUDA=1 but CUDA cannot be compiled: torch.version.cuda={torch.version.cuda}, "
+                 f"CUDA_HOME={CUDA_HOME} (set CUDA_HOME to a toolkit with bin/nvcc)")
+    return toolchain_ok
+
+
+def _pip_cuda_include_dirs() -> list[str]:
+    """Headers of pip-installed CUDA packages (nvidia/cu13/include and the like), when present."""
+    dirs = []
+    for base in site.getsitepackages() + [site.getusersitepackages()]:
+        dirs += sorted(glob.glob(os.path.join(base, "nvidia", "cu*", "include")))
+        dirs += sorted(glob.glob(os.path.join(base, "nvidia", "cuda_runtime", "include")))
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def _extension():
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    version_define = f'-DMERANET_TORCH_VERSION="{torch.__version__.split("+")[0]}"'
+    cxx_flags = ["-O3", version_define]
+    if sys.platform != "win32":
+        cxx_flags.append("-fopenmp")
+    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], py_limited_api=True)
+    if _want_cuda():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        kwargs["include_dirs"] += _pip_cuda_include_dirs()
+        print(f"meranet_fast: building with CUDA (arch list {os.environ['TORCH_CUDA_ARCH_LIST']})")
+        return CUDAExtension("meranet_fast._C", sources,
+                             extra_compile_args={"cxx": cxx_flags + ["-DMERANET_WITH_CUDA"],
+                                                 "nvcc": nvcc_flags + ["-DMERANET_WITH_CUDA"]},
+                             extra_link_args=["-fopenmp"], **kwargs)
+    print("meranet_fast: building the CPU extension only (no CUDA toolchain, or MERANET_SKIP_CUDA=1)")
+    return CppExtension("meranet_fast._C", sources, extra_compile_args={"cxx": cxx_flags},
+                        extra_link_args=["-fopenmp"], **kwargs)
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)
