@@ -33,8 +33,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml setup.py
 
 venv: $(VENV)/.installed
 
+# flock: concurrent builds in one tree would write the same objects.
 build: venv
-	$(BIN)/python setup.py -q build_ext --inplace
+	flock build.lock $(BIN)/python setup.py -q build_ext --inplace
 	$(BIN)/python -c "import meranet_fast._extension as e; print('meranet_fast._C:', e.build_info())"
 
 test: build
@@ -53,4 +54,4 @@ flops: venv
 	$(BIN)/meranet-fast flops
 
 clean:
-	rm -rf build meranet_fast/*.so *.egg-info
+	rm -rf build build.lock meranet_fast/*.so *.egg-info
