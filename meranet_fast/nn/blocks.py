@@ -1,0 +1,108 @@
+"""The 3D residual block, with or without attention (paper §3.3, Fig. 4).
+
+``BasicBlock3d(attention=False)`` is the plain 3D ResNet basic block; ``attention=True`` makes it the
+paper's residual attention (RA) block. Both share the tail ``relu(attend(y) + shortcut(x))`` in
+:meth:`BasicBlock3d._attention_tail`, the one place a fused tail operator will plug in.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meranet_fast.nn.attention import ChannelAttention3d, SpatioTemporalAttention3d
+
+__all__ = ["BasicBlock3d", "ZeroPadShortcut3d", "make_shortcut", "SHORTCUT_TYPES"]
+
+#: ``"A"``: parameter-free (strided subsampling + zero channels); ``"B"``: 1×1×1 conv + BN when needed.
+SHORTCUT_TYPES = ("A", "B")
+
+
+class ZeroPadShortcut3d(nn.Module):
+    """Shortcut 'A': subsample by ``stride`` in T, H and W, then append zero channels.
+
+    No parameters; gradients flow to the kept positions of the input. The subsampling picks the same
+    positions a 3×3×3 conv with padding 1 and the same stride centres on, so shapes always match the
+    residual branch (odd sizes and T=1 included).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"out_channels ({out_channels}) must be >= in_channels ({in_channels})")
+        self.extra_channels = out_channels - in_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        if s > 1:
+            x = x[:, :, ::s, ::s, ::s]
+        # F.pad's pad tuple runs from the last dim backwards: (W, W, H, H, T, T, C_before, C_after).
+        return F.pad(x, (0, 0, 0, 0, 0, 0, 0, self.extra_channels))
+
+    def extra_repr(self) -> str:
+        return f"extra_channels={self.extra_channels}, stride={self.stride}"
+
+
+def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """The residual path ``d(I)`` of paper eq. 12: identity when the shape is kept, else type A or B."""
+    if kind not in SHORTCUT_TYPES:
+        raise ValueError(f"shortcut must be one of {SHORTCUT_TYPES}, got {kind!r}")
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    if kind == "A":
+        return ZeroPadShortcut3d(in_channels, out_channels, stride)
+    return nn.Sequential(
+        nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False),
+        nn.BatchNorm3d(out_channels),
+    )
+
+
+class BasicBlock3d(nn.Module):
+    """3D ResNet basic block; with ``attention=True`` the MERANet residual attention block.
+
+    ``y = bn2(conv2(relu(bn1(conv1(x)))))``, then (attention only) ``y = sta(ca(y))``, then
+    ``relu(y + shortcut(x))``. Convs are 3×3×3 without bias; ``conv1`` carries the stride.
+
+    Args:
+        in_channels, out_channels: channel counts of the block input and output.
+        stride: stride of ``conv1`` (and of the shortcut) in T, H and W.
+        shortcut: ``"A"`` or ``"B"``, see :func:`make_shortcut`.
+        attention: add channel attention (``ca``) and spatio-temporal attention (``sta``).
+        reduction, shared: channel-attention options (:class:`ChannelAttention3d`).
+        st_kernel_size, impl: spatio-temporal-attention options (:class:`SpatioTemporalAttention3d`).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        shortcut: str = "B",
+        attention: bool = False,
+        reduction: int = 16,
+        st_kernel_size: int = 5,
+        shared: str = "conv",
+        impl: str = "eager",
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm3d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm3d(out_channels)
+        self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride)
+        self.attention = attention
+        if attention:
+            self.ca = ChannelAttention3d(out_channels, reduction=reduction, shared=shared)
+            self.sta = SpatioTemporalAttention3d(st_kernel_size, impl=impl)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self._attention_tail(y, self.shortcut(x))
+
+    def _attention_tail(self, y: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        """``relu(sta(ca(y)) + identity)`` (paper eq. 10–12); ``relu(y + identity)`` without attention."""
+        if self.attention:
+            y = self.sta(self.ca(y))
+        return torch.relu(y + identity)
