@@ -120,7 +120,8 @@ def _max_pool3d_handle(inputs: list, outputs: list) -> int:
 
 
 def _st_attention_fwd_handle(inputs: list, outputs: list) -> Counter:
-    # meranet::st_attention_fwd(x, weight, bias) -> out, ...: counted as its eager equivalent.
+    # meranet::st_attention_fwd[_triton](x, weight, bias) -> (out, attn, pooled, argmax):
+    # counted as its eager equivalent.
     return st_attention_flops(get_shape(inputs[0]), get_shape(inputs[1]))
 
 
@@ -133,6 +134,7 @@ FLOP_HANDLES: dict[str, Handle | None] = {
     "aten::max_pool3d": _max_pool3d_handle,
     "aten::pad": None,  # shortcut 'A' zero channels: data movement, free
     "meranet::st_attention_fwd": _st_attention_fwd_handle,
+    "meranet::st_attention_fwd_triton": _st_attention_fwd_handle,
 }
 
 
