@@ -20,13 +20,14 @@ def _parse_input(text: str) -> tuple[int, int, int]:
     try:
         t, h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--input must look like TxHxW (e.g. 16x112x112), got {text!r}")
+        raise argparse.ArgumentTypeError(f"--input must look like TxHxW (e.g. 16x112x112), got {text!r}") from None
     if min(t, h, w) < 1:
         raise argparse.ArgumentTypeError(f"--input sizes must be positive, got {text!r}")
     return t, h, w
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``meranet-fast flops``."""
     parser.add_argument("--depth", type=int, default=18, choices=sorted(BLOCKS_PER_DEPTH),
                         help="network depth (default: 18)")
     parser.add_argument("--input", type=_parse_input, default=(16, 112, 112), metavar="TxHxW",
@@ -89,6 +90,7 @@ def format_report(report: dict, paper: dict | None = None) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Measure both models, print the table and optionally write the JSON report."""
     t, h, w = args.input
     report = compare_models(args.depth, (1, 3, t, h, w), args.num_classes, shortcut=args.shortcut)
     paper = None

@@ -10,7 +10,8 @@ Counting convention (fvcore's, extended to the ops fvcore leaves out):
   attention's, so both models are measured by the same rule.
 * **Reductions** (``mean`` and ``amax`` over some dims, ``adaptive_avg_pool3d``) count one flop per
   input element; ``max_pool3d`` counts one comparison per window element per output element.
-* Pure data movement (``cat``, views, slicing, zero padding) is free (fvcore ignores it).
+* Pure data movement (``cat``, views, slicing, zero padding) is free: fvcore ignores most of it and
+  :data:`FLOP_HANDLES` marks ``aten::pad`` free.
 
 Handles live in one public registry, :data:`FLOP_HANDLES` (extend it with
 :func:`register_flop_handle`). Fused ``torch.ops.meranet.*`` operators get handles that report the same
@@ -24,14 +25,19 @@ few seconds.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import conv_flop_count, get_shape
 from torch import nn
+
+with warnings.catch_warnings():
+    # fvcore 0.1.5 scripts its losses with torch.jit.script at import, which torch now deprecates.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import conv_flop_count, get_shape
 
 from meranet_fast.models import resnet3d
 
@@ -178,7 +184,7 @@ class ModelStats:
     stage_params: dict[str, int]
     stage_flops: dict[str, int]
     by_operator: dict[str, int]
-    unsupported_ops: dict[str, int] = field(default_factory=dict)
+    unsupported_ops: dict[str, int]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,8 +193,13 @@ class ModelStats:
 def model_stats(model: nn.Module, input_shape: Sequence[int], name: str = "") -> ModelStats:
     """Count parameters and flops of a :class:`~meranet_fast.models.ResNet3d` per stage (:data:`STAGES`).
 
-    The model is put in eval mode and traced on CPU with a random input of ``input_shape``.
+    The model is put in eval mode and traced once, on its own device, with a random input of
+    ``input_shape``.
     """
+    modules = dict(model.named_children())
+    missing = [m for mods in STAGES.values() for m in mods if m not in modules]
+    if missing:
+        raise ValueError(f"model lacks the top-level modules {missing} that the stage report needs")
     model = model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -196,10 +207,6 @@ def model_stats(model: nn.Module, input_shape: Sequence[int], name: str = "") ->
         flops_by_module = analysis.by_module()
         by_operator = analysis.by_operator()
         unsupported = analysis.unsupported_ops()
-    modules = dict(model.named_children())
-    missing = [m for mods in STAGES.values() for m in mods if m not in modules]
-    if missing:
-        raise ValueError(f"model lacks the top-level modules {missing} that the stage report needs")
     stage_params = {stage: sum(p.numel() for m in mods for p in modules[m].parameters())
                     for stage, mods in STAGES.items()}
     stage_flops = {stage: int(sum(flops_by_module[m] for m in mods)) for stage, mods in STAGES.items()}
