@@ -1,0 +1,165 @@
+"""Registry of operator benchmark specs: inputs, eager reference, fused backends and bytes model.
+
+A later op plugs in by calling :func:`register` with an :class:`OpBenchSpec`; ``meranet-fast bench
+--op NAME``, the pytest-benchmark module and the tests pick it up from :data:`REGISTRY`.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from meranet_fast.ops.reference import st_attention_reference
+
+__all__ = [
+    "PASSES",
+    "FUSED_BACKENDS",
+    "BackendUnavailable",
+    "OpBenchSpec",
+    "REGISTRY",
+    "register",
+    "get_spec",
+    "parse_shape",
+]
+
+#: forward: no-grad forward; backward: only the backward call on a graph built once;
+#: full: forward with autograd recording + backward.
+PASSES = ("forward", "backward", "full")
+#: Backends of the fused ops and the device each one runs on.
+FUSED_BACKENDS = {"cpp": "cpu", "cuda": "cuda", "triton": "cuda"}
+
+
+class BackendUnavailable(RuntimeError):
+    """A fused backend cannot run here; the message says why (printed by the bench, then skipped)."""
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"8x64x16x28x28"`` -> ``(8, 64, 16, 28, 28)``."""
+    try:
+        shape = tuple(int(v) for v in text.lower().strip().split("x"))
+    except ValueError:
+        raise ValueError(f"a shape looks like 8x64x16x28x28, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise ValueError(f"shape sizes must be positive, got {text!r}")
+    return shape
+
+
+@dataclass(frozen=True)
+class OpBenchSpec:
+    """How to benchmark one fused operator against its eager reference.
+
+    Attributes:
+        name: the ``--op`` name.
+        default_shapes: shapes benchmarked when ``--shapes`` is not given.
+        make_inputs: ``(shape, dtype, device) -> tuple`` of the op's positional arguments
+            (deterministic; tensors do not require grad, the harness decides that per pass).
+        reference: eager PyTorch, returning the op's output tensor.
+        fused: ``backend -> fn`` with the reference's signature, raising :class:`BackendUnavailable`
+            (with the reason) when that backend cannot be used here.
+        bytes_moved: ``(shape, itemsize, pass) -> bytes`` of *useful* traffic (the roofline), the
+            numerator of the effective GB/s.
+        bytes_model: ``pass -> formula`` in words, for reports.
+        copy_numel: ``shape -> numel`` of the tensor whose ``copy_`` gives the bandwidth roof.
+    """
+
+    name: str
+    default_shapes: tuple[tuple[int, ...], ...]
+    make_inputs: Callable[[tuple[int, ...], torch.dtype, torch.device], tuple]
+    reference: Callable[..., torch.Tensor]
+    fused: Callable[[str], Callable[..., torch.Tensor]]
+    bytes_moved: Callable[[tuple[int, ...], int, str], int]
+    bytes_model: dict[str, str] = field(default_factory=dict)
+    copy_numel: Callable[[tuple[int, ...]], int] = lambda shape: _numel(shape)
+    description: str = ""
+
+
+REGISTRY: dict[str, OpBenchSpec] = {}
+
+
+def register(spec: OpBenchSpec) -> OpBenchSpec:
+    if spec.name in REGISTRY:
+        raise ValueError(f"an op benchmark named {spec.name!r} is already registered")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> OpBenchSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no op benchmark named {name!r}; known: {sorted(REGISTRY)}") from None
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _first(out):
+    """Ops may return ``out`` or ``(out, extras...)``: the benchmarked output is the first tensor."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+# ---------------------------------------------------------------------------------------------------
+# st_attention: out = x * sigmoid(conv3d([mean_c x; max_c x], w, b, pad=k//2))
+# ---------------------------------------------------------------------------------------------------
+ST_KERNEL_SIZE = 5
+
+
+def _st_attention_inputs(shape, dtype, device, kernel_size: int = ST_KERNEL_SIZE):
+    if len(shape) != 5:
+        raise ValueError(f"st_attention takes x of shape NxCxTxHxW, got {'x'.join(map(str, shape))}")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)
+    fan_in = 2 * kernel_size ** 3
+    w = torch.randn(1, 2, kernel_size, kernel_size, kernel_size, generator=gen) / fan_in ** 0.5
+    b = torch.randn(1, generator=gen) * 0.1
+    return tuple(t.to(device=device, dtype=dtype) for t in (x, w, b))
+
+
+def _st_attention_reference(x, weight, bias=None):
+    return st_attention_reference(x, weight, bias)[0]
+
+
+def _st_attention_fused(backend: str):
+    """``st_attention(x, w, b, backend=backend)`` from ``meranet_fast.ops.st_attention``, if it exists."""
+    try:
+        module = importlib.import_module("meranet_fast.ops.st_attention")
+    except ImportError as exc:
+        raise BackendUnavailable(f"the fused op is not available (meranet_fast.ops.st_attention: {exc})")
+    op = getattr(module, "st_attention", None)
+    if op is None:
+        raise BackendUnavailable("meranet_fast.ops.st_attention defines no st_attention()")
+
+    def fused(x, weight, bias=None):
+        return _first(op(x, weight, bias, backend=backend))
+
+    fused.__name__ = f"st_attention_{backend}"
+    return fused
+
+
+def _st_attention_bytes(shape, itemsize: int, pass_: str) -> int:
+    # Useful traffic: forward reads x and writes out; backward reads g and x and writes gx; the pooled
+    # maps, the attention map and the weights are C times smaller (or tiny) and left out.
+    passes = {"forward": 2, "backward": 3, "full": 5}
+    return passes[pass_] * _numel(shape) * itemsize
+
+
+register(OpBenchSpec(
+    name="st_attention",
+    description="spatio-temporal attention x * sigmoid(conv3d([mean_c x; max_c x])), k=5",
+    default_shapes=((8, 64, 16, 28, 28), (8, 128, 8, 14, 14)),
+    make_inputs=_st_attention_inputs,
+    reference=_st_attention_reference,
+    fused=_st_attention_fused,
+    bytes_moved=_st_attention_bytes,
+    bytes_model={
+        "forward": "2*numel(x)*itemsize (read x, write out)",
+        "backward": "3*numel(x)*itemsize (read g and x, write gx)",
+        "full": "5*numel(x)*itemsize (forward + backward)",
+    },
+))
