@@ -13,6 +13,7 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("meranet_fast.analysis.cli", "parameter and FLOP report: 3D ResNet vs MERANet (fvcore)"),
+    "bench": ("meranet_fast.benchmark.cli", "benchmarks: fused ops vs eager and torch.compile, or whole models"),
 }
 
 
