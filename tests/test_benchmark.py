@@ -181,3 +181,71 @@ def test_cli_rejects_bad_arguments():
         cli_main(["bench", "--shapes", "1x2xfoo"])
     with pytest.raises(SystemExit):
         cli_main(["bench", "--pass", "sideways", "--shapes", "1x1x1x1x1"])
+
+
+class _Sleepy(torch.autograd.Function):
+    """Identity whose forward and backward sleep a known time: a probe for the profiler attribution."""
+
+    @staticmethod
+    def forward(ctx, x, fwd_s, bwd_s):
+        import time
+
+        ctx.bwd_s = bwd_s
+        time.sleep(fwd_s)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        import time
+
+        time.sleep(ctx.bwd_s)
+        return g.clone(), None, None
+
+
+class SpatioTemporalAttention3d(torch.nn.Module):  # the class name the attribution hooks look for
+    def forward(self, x):
+        return _Sleepy.apply(x, 0.02, 0.03) * 2
+
+
+class _Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.sta = SpatioTemporalAttention3d()
+
+    def forward(self, x):
+        return self.sta(_Sleepy.apply(x, 0.05, 0.06))
+
+
+def test_profiler_attributes_attention_forward_and_backward_by_sequence_number():
+    from meranet_fast.benchmark.model_bench import profile_attention
+
+    model = _Toy()
+    x = torch.randn(3, 4, requires_grad=True)
+    res = profile_attention(model, lambda: model(x).sum().backward(), torch.device("cpu"))
+    sta = res["sta"]
+    assert sta["calls"] == 1 and res["ca"]["calls"] == 0 and res["attention_modules"] == 1
+    # inside the module: 20 ms forward, 30 ms backward; outside: 50 ms / 60 ms must not be counted
+    assert 0.019 * 1e3 <= sta["forward_ms"] < 0.045 * 1e3
+    assert 0.029 * 1e3 <= sta["backward_ms"] < 0.055 * 1e3
+    assert res["total"]["attention_ms"] == pytest.approx(sta["forward_ms"] + sta["backward_ms"])
+    assert 0.16 * 1e3 <= res["profiled_call_ms"] and 0.25 < res["attention_fraction"] < 0.5
+    assert not model.sta._forward_hooks and not model.sta._forward_pre_hooks  # hooks removed
+
+
+@pytest.mark.slow
+def test_model_benchmark_tiny_clip(tmp_path):
+    from meranet_fast.benchmark.model_bench import run_model_benchmark
+
+    res = run_model_benchmark(variants=["resnet3d18", "meranet18-eager"], batches=[2], clip=(2, 16, 16),
+                              modes=["inference"], reps=1, warmup=0, log=lambda s: None)
+    rows = {r["model"]: r for r in res["measurements"]}
+    assert set(rows) == {"resnet3d18", "meranet18-eager"}
+    over = rows["meranet18-eager"]["attention_overhead"]
+    assert over == pytest.approx((rows["meranet18-eager"]["median_ms"] - rows["resnet3d18"]["median_ms"])
+                                 / rows["resnet3d18"]["median_ms"])
+    (prof,) = res["attention_profile"]
+    assert prof["model"] == "meranet18-eager" and prof["attention_modules"] == 16
+    assert prof["sta"]["calls"] == 8 and prof["ca"]["calls"] == 8 and prof["sta"]["forward_ms"] > 0
+    assert prof["sta"]["backward_ms"] == 0.0  # inference: no backward
+    assert "attention time" in report.format_model_table(res)
+    assert report.plot_model_times(res, tmp_path / "m.png").stat().st_size > 0
