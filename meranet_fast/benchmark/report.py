@@ -76,11 +76,19 @@ def plot_op_speedups(results: dict, path: str | Path) -> Path:
                 if r["impl"] == impl and r["shape"] == shape and r["pass"] == pass_:
                     xs.append(g + (k - (len(impls) - 1) / 2) * width)
                     ys.append(r["speedup_vs_eager"])
-        bars = ax.bar(xs, ys, width, label=impl)
+        # bars grow from 1 (no change): up for faster than eager, down for slower
+        bars = ax.bar(xs, [y - 1.0 for y in ys], width, bottom=1.0, label=impl)
         ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, padding=2)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(groups)), [f"{s}\n{p}" for s, p in groups], fontsize=8)
     ax.set_yscale("log")
+    vals = [r["speedup_vs_eager"] for r in rows if r["speedup_vs_eager"]] or [1.0]
+    ax.set_ylim(min(0.5, min(vals) / 1.4), max(2.0, max(vals) * 1.4))
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.yaxis.set_major_locator(LogLocator(base=2.0))
+    ax.yaxis.set_minor_locator(LogLocator(base=2.0, subs=()))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.set_ylabel("speedup over eager (median, same run)")
     cfg, m = results["config"], results["machine"]
     ax.set_title(f"{results['op']} {cfg['dtype']} on {cfg['device']} ({m.get('device_name')}, "
