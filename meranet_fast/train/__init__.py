@@ -1,0 +1,1 @@
+"""Training: configuration, model factory, trainer (DDP, AMP, exact resume), metrics, checkpoints, plots."""
