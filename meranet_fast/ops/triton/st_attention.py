@@ -447,7 +447,7 @@ def st_attention_bwd_triton(grad_out, x, weight, attn, pooled, argmax):
         K=k, KK=kk, POS_DENSE=dense, BLOCK_S=_GATHER_BLOCK_S, **g_strides,
     )
     # Fixed-order reductions of the per-program partials: run-to-run deterministic.
-    grad_weight = gw_partial.sum(0)[:, :, : k * k].reshape(weight.shape).to(weight.dtype)
+    grad_weight = gw_partial[..., : k * k].sum(0).reshape(weight.shape).to(weight.dtype)
     grad_bias = gb_partial.sum(0, keepdim=True).to(weight.dtype)
     return grad_x, grad_weight, grad_bias
 
