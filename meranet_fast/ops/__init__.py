@@ -4,3 +4,7 @@ from meranet_fast.ops.reference import (  # noqa: F401
     ra_tail_reference,
     st_attention_reference,
 )
+from meranet_fast.ops.st_attention import (  # noqa: F401
+    st_attention,
+    st_attention_with_map,
+)
