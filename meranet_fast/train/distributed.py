@@ -41,6 +41,16 @@ class DistContext:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         return value / self.world_size
 
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every process.
+
+        DDP syncs buffers at the start of each training forward, so after the last step of an epoch each
+        rank holds statistics updated by its own batch; this makes evaluation and checkpoints consistent.
+        """
+        if self.enabled:
+            for buf in module.buffers():
+                dist.broadcast(buf, src=0)
+
     def gather(self, obj: Any) -> list[Any]:
         """``[obj of rank 0, obj of rank 1, ...]`` on every process."""
         if not self.enabled:

@@ -318,6 +318,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                                     lr=f"{scheduler.get_last_lr()[0]:.2e}")
             totals = dist.mean(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=self.device)]))
+            dist.broadcast_buffers(base)
             val = self.evaluate(eval_net, self.val_ds)
             score = self._score(val)
             improved = score > best["score"]
