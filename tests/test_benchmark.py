@@ -90,7 +90,7 @@ def test_fused_spec_reports_unavailable_or_matches_reference():
     spec = REGISTRY["st_attention"]
     x, w, b = spec.make_inputs((1, 3, 2, 4, 4), torch.float32, torch.device("cpu"))
     try:
-        fused = spec.fused("cpp")
+        fused = spec.fused("cpp", torch.device("cpu"))
     except BackendUnavailable as exc:
         assert str(exc)  # the reason is printed by the bench
         return

@@ -87,7 +87,7 @@ def fused_impls(spec: OpBenchSpec, backends: Sequence[str], device: torch.device
             skipped[backend] = f"runs on {FUSED_BACKENDS[backend]}, the benchmark device is {device.type}{why}"
             continue
         try:
-            fns[backend] = spec.fused(backend)
+            fns[backend] = spec.fused(backend, device)
         except BackendUnavailable as exc:
             skipped[backend] = str(exc)
     return fns, skipped

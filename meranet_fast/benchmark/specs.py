@@ -56,8 +56,8 @@ class OpBenchSpec:
         make_inputs: ``(shape, dtype, device) -> tuple`` of the op's positional arguments
             (deterministic; tensors do not require grad, the harness decides that per pass).
         reference: eager PyTorch, returning the op's output tensor.
-        fused: ``backend -> fn`` with the reference's signature, raising :class:`BackendUnavailable`
-            (with the reason) when that backend cannot be used here.
+        fused: ``(backend, device) -> fn`` with the reference's signature, raising
+            :class:`BackendUnavailable` (with the reason) when that backend cannot run on ``device``.
         bytes_moved: ``(shape, itemsize, pass) -> bytes`` of *useful* traffic (the roofline), the
             numerator of the effective GB/s.
         bytes_model: ``pass -> formula`` in words, for reports.
@@ -68,7 +68,7 @@ class OpBenchSpec:
     default_shapes: tuple[tuple[int, ...], ...]
     make_inputs: Callable[[tuple[int, ...], torch.dtype, torch.device], tuple]
     reference: Callable[..., torch.Tensor]
-    fused: Callable[[str], Callable[..., torch.Tensor]]
+    fused: Callable[[str, torch.device], Callable[..., torch.Tensor]]
     bytes_moved: Callable[[tuple[int, ...], int, str], int]
     bytes_model: dict[str, str] = field(default_factory=dict)
     copy_numel: Callable[[tuple[int, ...]], int] = lambda shape: _numel(shape)
@@ -125,8 +125,8 @@ def _st_attention_reference(x, weight, bias=None):
     return st_attention_reference(x, weight, bias)[0]
 
 
-def _st_attention_fused(backend: str):
-    """``st_attention(x, w, b, backend=backend)`` from ``meranet_fast.ops.st_attention``, if it exists."""
+def _st_attention_fused(backend: str, device: torch.device):
+    """``st_attention(x, w, b, backend=backend)`` from ``meranet_fast.ops.st_attention``, if it can run."""
     try:
         module = importlib.import_module("meranet_fast.ops.st_attention")
     except ImportError as exc:
@@ -134,6 +134,14 @@ def _st_attention_fused(backend: str):
     op = getattr(module, "st_attention", None)
     if op is None:
         raise BackendUnavailable("meranet_fast.ops.st_attention defines no st_attention()")
+    status = getattr(module, "backend_status", None)  # (can run, why) per backend and device
+    if status is not None:
+        try:
+            ok, why = status(backend, torch.device(device))
+        except ValueError as exc:  # a backend name the op does not know
+            raise BackendUnavailable(str(exc)) from None
+        if not ok:
+            raise BackendUnavailable(why)
 
     def fused(x, weight, bias=None):
         return _first(op(x, weight, bias, backend=backend))
