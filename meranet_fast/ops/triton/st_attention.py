@@ -248,7 +248,7 @@ def _input_grad_kernel(
     g_ptr, gx_ptr, glogit_ptr, attn_ptr, pooled_ptr, argmax_ptr, w_ptr, gw_part_ptr, gb_part_ptr,
     C, S, T, H, W,
     sgn, sgc, sgt, sgh, sgw,
-    sxn, sxc, sxt, sxh, sxw,
+    sxn, sxc, sxt, sxh, sxw,  # strides of gx (laid out like x)
     K: tl.constexpr, KK: tl.constexpr,
     POS_DENSE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
