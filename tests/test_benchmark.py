@@ -181,6 +181,8 @@ def test_cli_rejects_bad_arguments():
         cli_main(["bench", "--shapes", "1x2xfoo"])
     with pytest.raises(SystemExit):
         cli_main(["bench", "--pass", "sideways", "--shapes", "1x1x1x1x1"])
+    with pytest.raises(SystemExit, match="NxCxTxHxW"):
+        cli_main(["bench", "--op", "st_attention", "--shapes", "1x2x3x4"])
 
 
 class _Sleepy(torch.autograd.Function):

@@ -134,6 +134,11 @@ def main(args: argparse.Namespace) -> int:
         for p in args.passes:
             if p not in PASSES:
                 raise SystemExit(f"bench: --pass must be among {PASSES}, got {p!r}")
+        for shape in args.shapes or []:
+            try:
+                REGISTRY[name].check_shape(shape)
+            except ValueError as exc:
+                raise SystemExit(f"bench: {exc}")
         results = run_op_benchmark(
             REGISTRY[name], shapes=args.shapes, dtype=getattr(torch, (args.dtype or ["float32"])[0]),
             device=args.device, backends=args.backends, passes=args.passes,

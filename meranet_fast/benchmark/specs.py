@@ -62,6 +62,7 @@ class OpBenchSpec:
             numerator of the effective GB/s.
         bytes_model: ``pass -> formula`` in words, for reports.
         copy_numel: ``shape -> numel`` of the tensor whose ``copy_`` gives the bandwidth roof.
+        check_shape: raises ``ValueError`` saying what is wrong with a shape (called before any work).
     """
 
     name: str
@@ -72,6 +73,7 @@ class OpBenchSpec:
     bytes_moved: Callable[[tuple[int, ...], int, str], int]
     bytes_model: dict[str, str] = field(default_factory=dict)
     copy_numel: Callable[[tuple[int, ...]], int] = lambda shape: _numel(shape)
+    check_shape: Callable[[tuple[int, ...]], None] = lambda shape: None
     description: str = ""
 
 
@@ -110,9 +112,13 @@ def _first(out):
 ST_KERNEL_SIZE = 5
 
 
-def _st_attention_inputs(shape, dtype, device, kernel_size: int = ST_KERNEL_SIZE):
+def _st_attention_check_shape(shape) -> None:
     if len(shape) != 5:
         raise ValueError(f"st_attention takes x of shape NxCxTxHxW, got {'x'.join(map(str, shape))}")
+
+
+def _st_attention_inputs(shape, dtype, device, kernel_size: int = ST_KERNEL_SIZE):
+    _st_attention_check_shape(shape)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen)
     fan_in = 2 * kernel_size ** 3
@@ -165,6 +171,7 @@ register(OpBenchSpec(
     reference=_st_attention_reference,
     fused=_st_attention_fused,
     bytes_moved=_st_attention_bytes,
+    check_shape=_st_attention_check_shape,
     bytes_model={
         "forward": "2*numel(x)*itemsize (read x, write out)",
         "backward": "3*numel(x)*itemsize (read g and x, write gx)",
