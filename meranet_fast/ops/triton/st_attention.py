@@ -376,7 +376,7 @@ def st_attention_fwd_triton(x, weight, bias):
         return out, attn, pooled, argmax
     n, c, t, h, w = x.shape
     s = t * h * w
-    k = weight.shape[-1]
+    k = int(weight.shape[-1])  # a constexpr of the kernels: specialise it under symbolic tracing
     w32 = weight.to(torch.float32).contiguous()
     b32 = w32 if bias is None else bias.to(torch.float32)  # unused pointer when there is no bias
     dense = _positions_dense(x, out)
@@ -421,7 +421,7 @@ def st_attention_bwd_triton(grad_out, x, weight, attn, pooled, argmax):
         return grad_x, weight.new_zeros(weight.shape), weight.new_zeros(1)
     n, c, t, h, w = x.shape
     s = t * h * w
-    k = weight.shape[-1]
+    k = int(weight.shape[-1])  # a constexpr of the kernels: specialise it under symbolic tracing
     kk = triton.next_power_of_2(k * k)
     attn, pooled, argmax = attn.contiguous(), pooled.contiguous(), argmax.contiguous()
     w32 = weight.to(torch.float32).contiguous()
