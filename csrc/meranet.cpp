@@ -41,4 +41,16 @@ TORCH_LIBRARY(meranet, m) {
         "(Tensor out, Tensor attn, Tensor pooled, Tensor argmax)");
   m.def("st_attention_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor attn, Tensor pooled, "
         "Tensor argmax) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+  // Channel attention and the fused residual-attention tail (csrc/channel_attention.h, csrc/ra_tail.h):
+  // kernel-level ops; meranet_fast/ops/channel_attention.py and ra_tail.py compose them with autograd.
+  m.def("ca_pool(Tensor y) -> (Tensor avg, Tensor max, Tensor argmax)");
+  m.def("ca_scale(Tensor y, Tensor scale) -> Tensor");
+  m.def("ca_scale_grad(Tensor grad, Tensor y, Tensor? attn, Tensor? grad_pooled, Tensor? sta_argmax) -> Tensor");
+  m.def("ca_input_grad(Tensor grad, Tensor scale, Tensor grad_avg, Tensor grad_max, Tensor argmax, "
+        "Tensor? attn, Tensor? grad_pooled, Tensor? sta_argmax) -> Tensor");
+  m.def("ra_pool(Tensor y, Tensor scale) -> (Tensor pooled, Tensor argmax)");
+  m.def("ra_attend(Tensor y, Tensor shortcut, Tensor scale, Tensor pooled, Tensor weight, Tensor? bias) -> "
+        "(Tensor out, Tensor attn)");
+  m.def("ra_attend_bwd(Tensor grad_out, Tensor out, Tensor y, Tensor scale, Tensor attn, Tensor pooled, "
+        "Tensor weight) -> (Tensor grad_z, Tensor grad_pooled, Tensor grad_weight, Tensor grad_bias)");
 }

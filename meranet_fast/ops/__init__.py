@@ -8,3 +8,8 @@ from meranet_fast.ops.st_attention import (  # noqa: F401
     st_attention,
     st_attention_with_map,
 )
+from meranet_fast.ops.channel_attention import (  # noqa: F401
+    channel_attention,
+    channel_attention_with_map,
+)
+from meranet_fast.ops.ra_tail import ra_tail  # noqa: F401

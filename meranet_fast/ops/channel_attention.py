@@ -1,0 +1,303 @@
+"""Fused channel attention (paper eq. 6-10) as the operator ``torch.ops.meranet.channel_attention``.
+
+``a = sigmoid(We relu(Ws avg_thw y) + We relu(Ws max_thw y))``, ``out = y * a[n, c]``.
+
+Schedule (kernel-level ops of a backend: ``ca_*`` in C++ for CPU, ``ca_*_triton`` in Triton)::
+
+    forward   ca_pool(y) -> avg, max, argmax_thw        read y                 1 pass
+              shared network + sigmoid on [N, C]        (torch, tiny)
+              ca_scale(y, a) -> out                     read y, write out      2 passes
+    backward  ca_scale_grad(g, y) -> dL/da              read g, y              2 passes
+              network backward on [N, C]                (torch, by hand, tiny)
+              ca_input_grad(g, a, g_avg, g_max, argmax) read g, write gy       2 passes
+
+3 passes over y-sized tensors forward and 4 backward. Eager PyTorch: forward mean, amax, mul =
+4 passes; backward about 13 (mul backward: 2 products + a reduction; amax backward: compare mask,
+scatter; mean backward: expand; two gradient accumulations of y-sized tensors).
+
+Why the network's backward is written by hand instead of letting autograd see the torch ops between
+two kernel ops: the gradient wrt y has three terms (``g * a``, the mean-pool term and the max-pool
+term) and two of them are only known after the network's backward. With autograd composing
+``pool -> network -> scale`` ops, each op returns its own y-sized gradient and autograd adds them
+(+1 y-sized write and +3 passes for the accumulation); inside one operator the three terms are
+written once by ``ca_input_grad``. The network is 2 matmuls on ``[2N, C]`` rows, so its backward
+costs nothing; both variants of the paper (1x1x1 convs or Linear layers) pass their weights as
+2-D matrices (``ChannelAttention3d.shared_weights()``) and biases may be ``None``.
+
+argmax over T*H*W is the FIRST position of the maximum: on exact ties the whole max gradient goes
+there (eager ``amax`` splits it evenly between the tied positions).
+
+Small maps and the network run in float32 (float64 for float64 ``y``); weights may have another
+floating dtype than ``y`` (autocast: bf16 activations, fp32 parameters) and get gradients in their
+own dtype.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from meranet_fast import _extension
+from meranet_fast.ops.st_attention import backend_status
+from meranet_fast.ops.reference import channel_attention_reference
+
+__all__ = [
+    "BACKENDS",
+    "channel_attention",
+    "channel_attention_with_map",
+    "check_channel_attention_inputs",
+    "resolve_backend",
+]
+
+#: ``"auto"``: C++ on CPU, Triton on CUDA, ``"eager"`` when neither can run. ``"eager"``: the
+#: reference (``meranet_fast.ops.reference``). ``"cpp"``: the compiled CPU kernels. ``"triton"``: the
+#: Triton kernels (a CUDA device, or CPU tensors under ``TRITON_INTERPRET=1``). There are no CUDA C++
+#: kernels for these ops (yet): CUDA tensors use Triton.
+BACKENDS = ("auto", "eager", "cpp", "triton")
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared with meranet_fast/ops/ra_tail.py (and the Triton kernels)
+# --------------------------------------------------------------------------------------------
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the small maps and of the [N, C] network: float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dense_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout the kernels run in and write: channels_last_3d when x is in it, else contiguous
+    (the Python mirror of ``meranet::dense_format`` in csrc/cpu/channel_attention_cpu.cpp)."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def resolve_backend(backend: str, device: torch.device, op: str) -> str:
+    """The concrete backend (``"eager"``, ``"cpp"`` or ``"triton"``) for tensors on ``device``.
+
+    Whether "cpp" / "triton" can run is asked of the spatio-temporal attention op layer
+    (``st_attention.backend_status``), so every fused op answers the same way.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        for candidate in (("cpp",) if device.type == "cpu" else ("triton",)):
+            if backend_status(candidate, device)[0]:
+                return candidate
+        return "eager"
+    if backend == "eager":
+        return backend
+    ok, why = backend_status(backend, device)
+    if not ok:
+        raise RuntimeError(f"{op}: backend {backend!r} is not available: {why}")
+    return backend
+
+
+class Kernels(NamedTuple):
+    """The kernel-level operators of one backend (same signatures in C++ and Triton)."""
+
+    ca_pool: object
+    ca_scale: object
+    ca_scale_grad: object
+    ca_input_grad: object
+    ra_pool: object
+    ra_attend: object
+    ra_attend_bwd: object
+
+
+def kernels(backend: str) -> Kernels:
+    """The ops of a resolved backend (``"cpp"``: ``torch.ops.meranet.ca_pool`` ...;
+    ``"triton"``: ``torch.ops.meranet.ca_pool_triton`` ...)."""
+    if backend == "triton":
+        import meranet_fast.ops.triton.channel_attention  # noqa: F401  (registers the ops)
+        import meranet_fast.ops.triton.ra_tail  # noqa: F401
+    suffix = "_triton" if backend == "triton" else ""
+    return Kernels(*(getattr(torch.ops.meranet, name + suffix).default for name in Kernels._fields))
+
+
+def shared_network(avg, mx, w_reduce, b_reduce, w_expand, b_expand):
+    """``(a, h)``: ``a = sigmoid(e(avg) + e(max))``, ``e(v) = We relu(Ws v + bs) + be``, computed in
+    avg's dtype on the stacked rows ``v = [avg; max]``; ``h = Ws v + bs`` ([2N, C/r]) is the pre-ReLU
+    hidden activation."""
+    dt = avg.dtype
+    n = avg.shape[0]
+    v = torch.cat([avg, mx])
+    h = F.linear(v, w_reduce.to(dt), None if b_reduce is None else b_reduce.to(dt))
+    e = F.linear(torch.relu(h), w_expand.to(dt), None if b_expand is None else b_expand.to(dt))
+    return torch.sigmoid(e[:n] + e[n:]), h
+
+
+def shared_network_backward(grad_a, a, avg, mx, w_reduce, b_reduce, w_expand, b_expand):
+    """Gradients of :func:`shared_network` given ``grad_a = dL/da``:
+    ``(g_avg, g_max, g_w_reduce, g_b_reduce, g_w_expand, g_b_expand)``, weights' grads in their dtype
+    (``None`` for absent biases)."""
+    dt = a.dtype
+    n = avg.shape[0]
+    v = torch.cat([avg, mx])
+    h = F.linear(v, w_reduce.to(dt), None if b_reduce is None else b_reduce.to(dt))
+    gs = grad_a * a * (1 - a)                     # d sigmoid
+    gs2 = torch.cat([gs, gs])                     # both paths feed the same sum
+    g_we = gs2.t() @ torch.relu(h)                # [C, C/r]
+    gh = (gs2 @ w_expand.to(dt)) * (h > 0)        # relu'(h), 0 at h == 0 like torch
+    g_wr = gh.t() @ v                             # [C/r, C]
+    gv = gh @ w_reduce.to(dt)                     # [2N, C]
+    g_br = None if b_reduce is None else gh.sum(0).to(b_reduce.dtype)
+    g_be = None if b_expand is None else gs2.sum(0).to(b_expand.dtype)
+    return gv[:n], gv[n:], g_wr.to(w_reduce.dtype), g_br, g_we.to(w_expand.dtype), g_be
+
+
+def check_channel_attention_inputs(op: str, y, w_reduce, b_reduce, w_expand, b_expand) -> None:
+    """Raise TypeError / ValueError naming the offending argument."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{op}: y must be a torch.Tensor, got {type(y).__name__}")
+    if y.dim() != 5:
+        raise ValueError(f"{op}: y must be 5-D [N, C, T, H, W], got shape {tuple(y.shape)}")
+    if not y.is_floating_point():
+        raise TypeError(f"{op}: y must be a floating-point tensor, got {y.dtype}")
+    n, c, t, h, w = y.shape
+    if c < 1:
+        raise ValueError(f"{op}: y must have at least one channel, got shape {tuple(y.shape)}")
+    if n > 0 and t * h * w == 0:
+        raise ValueError(f"{op}: y must have T*H*W >= 1 to pool over, got shape {tuple(y.shape)}")
+    for name, tensor in (("w_reduce", w_reduce), ("w_expand", w_expand)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 2:
+            raise ValueError(f"{op}: {name} must be 2-D (flatten 1x1x1 conv weights with .flatten(1)), "
+                             f"got shape {tuple(tensor.shape)}")
+    hidden = w_reduce.shape[0]
+    if tuple(w_reduce.shape) != (hidden, c) or hidden < 1:
+        raise ValueError(f"{op}: w_reduce must have shape [C/r, C] = [hidden, {c}], got {tuple(w_reduce.shape)}")
+    if tuple(w_expand.shape) != (c, hidden):
+        raise ValueError(f"{op}: w_expand must have shape [C, C/r] = [{c}, {hidden}], got {tuple(w_expand.shape)}")
+    for name, tensor, size in (("b_reduce", b_reduce, hidden), ("b_expand", b_expand, c)):
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(tensor).__name__}")
+        if tuple(tensor.shape) != (size,):
+            raise ValueError(f"{op}: {name} must have shape [{size}], got {tuple(tensor.shape)}")
+    for name, tensor in (("w_reduce", w_reduce), ("b_reduce", b_reduce), ("w_expand", w_expand),
+                         ("b_expand", b_expand)):
+        if tensor is None:
+            continue
+        if not tensor.is_floating_point():
+            raise TypeError(f"{op}: {name} must be floating point, got {tensor.dtype}")
+        if tensor.device != y.device:
+            raise ValueError(f"{op}: {name} is on {tensor.device} but y is on {y.device}")
+
+
+# --------------------------------------------------------------------------------------------
+# Fake kernels of the C++ kernel-level ops (torch.compile / opcheck)
+# --------------------------------------------------------------------------------------------
+def _small(y, *shape, dtype=None):
+    return y.new_empty(shape, dtype=acc_dtype(y.dtype) if dtype is None else dtype)
+
+
+def fake_ca_pool(y):
+    n, c = y.shape[:2]
+    return _small(y, n, c), _small(y, n, c), _small(y, n, c, dtype=torch.int64)
+
+
+def fake_ca_scale(y, scale):
+    return torch.empty_like(y, memory_format=dense_format(y))
+
+
+def fake_ca_scale_grad(grad, y, attn, grad_pooled, sta_argmax):
+    return _small(y, *y.shape[:2])
+
+
+def fake_ca_input_grad(grad, scale, grad_avg, grad_max, argmax, attn, grad_pooled, sta_argmax):
+    return torch.empty_like(grad, memory_format=dense_format(grad))
+
+
+if _extension.is_loaded():
+    for _name, _fake in (("ca_pool", fake_ca_pool), ("ca_scale", fake_ca_scale),
+                         ("ca_scale_grad", fake_ca_scale_grad), ("ca_input_grad", fake_ca_input_grad)):
+        torch.library.register_fake(f"meranet::{_name}")(_fake)
+
+
+# --------------------------------------------------------------------------------------------
+# The operator: meranet::channel_attention, with registered autograd
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op("meranet::channel_attention", mutates_args=())
+def _channel_attention_op(
+    y: torch.Tensor,
+    w_reduce: torch.Tensor,
+    b_reduce: Optional[torch.Tensor],
+    w_expand: torch.Tensor,
+    b_expand: Optional[torch.Tensor],
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, a, avg, max, argmax) with a, avg, max in the accumulation dtype, argmax int64 [N, C]."""
+    k = kernels(backend)
+    avg, mx, argmax = k.ca_pool(y)
+    with torch.autocast(y.device.type, enabled=False):
+        a, _ = shared_network(avg, mx, w_reduce, b_reduce, w_expand, b_expand)
+    return k.ca_scale(y, a), a, avg, mx, argmax
+
+
+@_channel_attention_op.register_fake
+def _(y, w_reduce, b_reduce, w_expand, b_expand, backend):
+    n, c = y.shape[:2]
+    return (torch.empty_like(y, memory_format=dense_format(y)), _small(y, n, c), _small(y, n, c),
+            _small(y, n, c), _small(y, n, c, dtype=torch.int64))
+
+
+def _ca_setup_context(ctx, inputs, output):
+    y, w_reduce, b_reduce, w_expand, b_expand, backend = inputs
+    _, a, avg, mx, argmax = output
+    ctx.save_for_backward(y, w_reduce, b_reduce, w_expand, b_expand, a, avg, mx, argmax)
+    ctx.backend = backend
+
+
+def _ca_backward(ctx, grad_out, grad_a, grad_avg, grad_max, _grad_argmax):
+    y, w_reduce, b_reduce, w_expand, b_expand, a, avg, mx, argmax = ctx.saved_tensors
+    k = kernels(ctx.backend)
+    g = grad_out.contiguous(memory_format=dense_format(y))
+    da = k.ca_scale_grad(g, y, None, None, None)
+    if grad_a is not None:
+        da = da + grad_a
+    with torch.autocast(y.device.type, enabled=False):
+        g_avg, g_max, g_wr, g_br, g_we, g_be = shared_network_backward(da, a, avg, mx, w_reduce, b_reduce,
+                                                                       w_expand, b_expand)
+    if grad_avg is not None:
+        g_avg = g_avg + grad_avg
+    if grad_max is not None:
+        g_max = g_max + grad_max
+    grad_y = k.ca_input_grad(g, a, g_avg, g_max, argmax, None, None, None)
+    return grad_y, g_wr, g_br, g_we, g_be, None
+
+
+_channel_attention_op.register_autograd(_ca_backward, setup_context=_ca_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+def channel_attention_with_map(y, w_reduce, b_reduce, w_expand, b_expand, *, backend: str = "auto"):
+    """``(out, a)``: fused channel attention and its per-channel weights ``a`` [N, C] (in y's dtype).
+
+    Args:
+        y: ``[N, C, T, H, W]`` float32 / float64 / bfloat16 / float16 (any strides; NCTHW and
+            channels_last_3d run without a copy, and ``out`` keeps channels_last_3d).
+        w_reduce: ``[C/r, C]``; b_reduce: ``[C/r]`` or ``None``.
+        w_expand: ``[C, C/r]``; b_expand: ``[C]`` or ``None``.
+        backend: one of :data:`BACKENDS`.
+
+    Both outputs are differentiable wrt y and all weights.
+    """
+    op = "channel_attention"
+    check_channel_attention_inputs(op, y, w_reduce, b_reduce, w_expand, b_expand)
+    resolved = resolve_backend(backend, y.device, op)
+    if resolved == "eager":
+        return channel_attention_reference(y, w_reduce, b_reduce, w_expand, b_expand)
+    out, a, _, _, _ = torch.ops.meranet.channel_attention(y, w_reduce, b_reduce, w_expand, b_expand, resolved)
+    return out, a.to(y.dtype)
+
+
+def channel_attention(y, w_reduce, b_reduce, w_expand, b_expand, *, backend: str = "auto"):
+    """Fused channel attention ``y * sigmoid(We relu(Ws avg y) + We relu(Ws max y))``; see
+    :func:`channel_attention_with_map`."""
+    return channel_attention_with_map(y, w_reduce, b_reduce, w_expand, b_expand, backend=backend)[0]
