@@ -58,12 +58,12 @@ def make_weights(c, reduction=16, dtype=torch.float32, bias=True):
 
 
 def _leaves(tensors):
-    return [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
+    return [t.detach().requires_grad_() if t is not None else None for t in tensors]
 
 
 def run(fn, y, weights, grad_out, grad_a=None, **kwargs):
     """(out, a, grads of y and each present weight) of fn = fused / reference."""
-    y = y.detach().clone().requires_grad_()
+    y = y.detach().requires_grad_()  # detach() keeps the strides (a clone of a sliced view would not)
     weights = _leaves(weights)
     out, a = fn(y, *weights, **kwargs)
     loss = (out * grad_out).sum()
