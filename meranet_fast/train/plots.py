@@ -27,7 +27,10 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> str:
     ax_acc.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
     ax_acc.plot(epochs, [h["val_uf1"] for h in history], "--", label="validation UF1")
     ax_acc.set(xlabel="epoch", ylabel="score", title="accuracy", ylim=(0, 1.02))
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
