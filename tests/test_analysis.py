@@ -12,6 +12,9 @@ from meranet_fast.analysis import (
     compare_models,
     flop_count_analysis,
     model_stats,
+    channel_attention_flops,
+    linear_flops,
+    ra_tail_flops,
     register_flop_handle,
     st_attention_flops,
 )
@@ -87,7 +90,8 @@ def test_fused_op_handle_counts_like_eager(private_registry):
 
 
 def test_registry_has_handles_for_the_fused_ops_and_validates():
-    assert {"meranet::st_attention_fwd", "meranet::st_attention_fwd_triton"} <= set(FLOP_HANDLES)
+    assert {"meranet::st_attention_fwd", "meranet::st_attention_fwd_triton", "meranet::channel_attention",
+            "meranet::ra_tail"} <= set(FLOP_HANDLES)
     with pytest.raises(ValueError, match="op_name"):
         register_flop_handle("st_attention_fwd", lambda i, o: 0)
     with pytest.raises(ValueError, match="callable"):
@@ -125,8 +129,73 @@ def test_compare_models_totals_and_attention_overhead():
 
 def test_skipped_operators_are_reported(private_registry):
     del private_registry["aten::amax"]
-    stats = model_stats(resnet3d(10, attention=True), (1, 3, 2, 32, 32))
+    stats = model_stats(resnet3d(10, attention=True, impl="eager"), (1, 3, 2, 32, 32))
     assert stats.unsupported_ops == {"aten::amax": 8}  # one in CA and one in STA, 4 blocks
+
+
+def test_fused_model_traces_the_ra_tail_operator(private_registry):
+    del private_registry["meranet::ra_tail"]
+    stats = model_stats(resnet3d(10, attention=True), (1, 3, 2, 32, 32))  # impl="fused", the default
+    assert stats.unsupported_ops == {"meranet::ra_tail": 4}  # one fused tail a block, nothing else
+
+
+@pytest.mark.parametrize("depth", [10, 18])
+def test_fused_and_eager_meranet_have_the_same_flops(depth):
+    shape = (1, 3, 4, 32, 32)
+    fused = model_stats(resnet3d(depth, attention=True, impl="fused"), shape)
+    eager = model_stats(resnet3d(depth, attention=True, impl="eager"), shape)
+    assert not fused.unsupported_ops and not eager.unsupported_ops
+    assert fused.flops == eager.flops
+    assert fused.stage_flops == eager.stage_flops and fused.by_operator == eager.by_operator
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_attention_ops_count_like_their_eager_code(bias):
+    from meranet_fast.ops import channel_attention, ra_tail
+
+    n, c, t, h, w = 2, 32, 3, 4, 5
+    ca = ChannelAttention3d(c, 8, bias=bias)
+    sta = SpatioTemporalAttention3d(5, impl="eager")
+    y = torch.randn(n, c, t, h, w)
+    assert channel_attention_flops(y.shape, c // 8) == _count(ca, y)[1]
+    assert sum(channel_attention_flops(y.shape, c // 8).values()) == _ca_hand(n, c, t * h * w, c // 8)
+
+    class FusedCA(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ca = ca
+
+        def forward(self, y):
+            return channel_attention(y, *self.ca.shared_weights(), backend="cpp")
+
+    class Tail(torch.nn.Module):
+        def __init__(self, fused):
+            super().__init__()
+            self.fused, self.ca, self.sta = fused, ca, sta
+
+        def forward(self, y, shortcut):
+            if self.fused:
+                return ra_tail(y, shortcut, *self.ca.shared_weights(), self.sta.conv.weight, self.sta.conv.bias,
+                               backend="cpp")
+            return torch.relu(self.sta(self.ca(y)) + shortcut)
+
+    total, by_op, unsupported = _count(FusedCA(), y)
+    assert not unsupported and by_op == channel_attention_flops(y.shape, c // 8)
+    inputs = (y, torch.randn_like(y))
+    with torch.no_grad():
+        fused = flop_count_analysis(Tail(True), inputs)
+        eager = flop_count_analysis(Tail(False), inputs)
+        total, by_op = fused.total(), fused.by_operator()
+        assert eager.total() and not fused.unsupported_ops() and not eager.unsupported_ops()
+        assert by_op == ra_tail_flops(y.shape, c // 8, sta.conv.weight.shape)
+        assert (total, by_op) == (eager.total(), eager.by_operator())
+    assert total == _ca_hand(n, c, t * h * w, c // 8) + _sta_hand(n, c, t * h * w, 5) + 2 * n * c * t * h * w
+
+
+def test_linear_flops_is_fvcores_count():
+    assert linear_flops([4, 7, 16], [3, 16]) == 4 * 7 * 16 * 3
+    with pytest.raises(ValueError, match="features"):
+        linear_flops([4, 16], [3, 8])
 
 
 def test_cli_depth18_prints_paper_comparison_and_writes_json(tmp_path, capsys):
@@ -134,11 +203,13 @@ def test_cli_depth18_prints_paper_comparison_and_writes_json(tmp_path, capsys):
     assert cli_main(["flops", "--depth", "18", "--input", "2x32x32", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "33,167,811" in text and "33,547,552" in text and "1.61" in text and "1.72" in text
+    assert "meranet18 attention: fused" in text
     assert "skipped operators (counted as 0): none" in text
     report = json.loads(out.read_text())
     assert report["vanilla"]["params"] == 33_167_811
     assert report["meranet"]["params"] == 33_167_811 + 91_088
     assert report["input_shape"] == [1, 3, 2, 32, 32]
+    assert report["meranet_impl"] == "fused"  # the default model is the fused one
     assert report["paper"]["meranet"] == {"params": 33_547_552, "gflops": 1.72}
     assert f"{report['vanilla']['flops'] / 1e9:.4f}" in text
 
@@ -146,7 +217,9 @@ def test_cli_depth18_prints_paper_comparison_and_writes_json(tmp_path, capsys):
 def test_cli_other_depth_and_bad_input(capsys):
     assert cli_main(["flops", "--depth", "10", "--input", "1x32x32", "--shortcut", "A", "--num-classes", "5"]) == 0
     text = capsys.readouterr().out
-    assert "resnet3d10" in text and "paper" not in text
+    assert "resnet3d10" in text and "paper" not in text and "attention: fused" in text
+    assert cli_main(["flops", "--depth", "10", "--input", "1x32x32", "--impl", "eager"]) == 0
+    assert "meranet10 attention: eager" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli_main(["flops", "--input", "16x112"])
     assert "TxHxW" in capsys.readouterr().err

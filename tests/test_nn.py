@@ -84,10 +84,9 @@ def test_st_attention_rejects_kernel_size(k):
 
 def test_st_attention_impl_is_a_switchable_validated_attribute():
     sta = SpatioTemporalAttention3d()
-    assert sta.impl == "eager"  # the default until the lead flips it
-    sta.impl = "fused"
-    assert sta.impl == "fused" and "fused" in repr(sta)
+    assert sta.impl == "fused" and "fused" in repr(sta)  # the default
     sta.impl = "eager"
+    assert sta.impl == "eager" and "eager" in repr(sta)
     with pytest.raises(ValueError, match="impl.*'cuda'"):
         sta.impl = "cuda"
     with pytest.raises(ValueError, match="impl"):
@@ -113,8 +112,9 @@ def test_st_attention_fused_calls_the_ops_function(monkeypatch):
 
 # --- shortcuts and the block --------------------------------------------------------------------------
 
-def test_block_attention_tail_matches_reference():
-    block = BasicBlock3d(8, 16, stride=2, attention=True, reduction=4).double().eval()
+@pytest.mark.parametrize("impl", ["eager", "fused"])
+def test_block_attention_tail_matches_reference(impl):
+    block = BasicBlock3d(8, 16, stride=2, attention=True, reduction=4, impl=impl).double().eval()
     x = _x(c=8, t=4, h=7, w=7)
     y = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
     identity = block.shortcut(x)
@@ -188,3 +188,91 @@ def test_block_gradients_reach_every_parameter():
     missing = [n for n, p in block.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing
     assert x.grad.abs().sum() > 0
+
+
+def test_block_impl_is_the_sta_impl_and_convert_switches_it():
+    from meranet_fast import convert
+
+    block = BasicBlock3d(8, 8, attention=True, reduction=4)
+    assert block.impl == block.sta.impl == "fused"  # the default
+    block.impl = "eager"
+    assert block.sta.impl == "eager"
+    convert(block, "fused")
+    assert block.impl == "fused"
+    with pytest.raises(ValueError, match="impl.*'cuda'"):
+        block.impl = "cuda"
+    with pytest.raises(ValueError, match="impl.*'triton'"):
+        BasicBlock3d(8, 8, impl="triton")
+    plain = BasicBlock3d(8, 8, impl="eager")
+    assert plain.impl == "eager"
+    plain.impl = "fused"
+    assert plain.impl == "fused"
+
+
+def _block_input(block):
+    x = torch.randn(2, 8, 3, 5, 6, dtype=torch.float64)
+    y = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
+    return x, y, block.shortcut(x)
+
+
+def test_fused_block_tail_calls_ra_tail_with_the_blocks_parameters(monkeypatch):
+    import meranet_fast.ops
+
+    calls = []
+
+    def fake_ra_tail(*args):
+        calls.append(args)
+        return ra_tail_reference(*args)
+
+    monkeypatch.setattr(meranet_fast.ops, "ra_tail", fake_ra_tail)
+    block = BasicBlock3d(8, 8, attention=True, reduction=4, impl="fused").double().eval()
+    x, y, identity = _block_input(block)
+    out = block(x)
+    assert len(calls) == 1
+    args = calls[0]
+    torch.testing.assert_close(args[0], y)
+    torch.testing.assert_close(args[1], identity)
+    w_r, b_r, w_e, b_e = block.ca.shared_weights()
+    assert args[2].data_ptr() == w_r.data_ptr() and args[3] is b_r
+    assert args[4].data_ptr() == w_e.data_ptr() and args[5] is b_e
+    assert args[6] is block.sta.conv.weight and args[7] is block.sta.conv.bias
+    torch.testing.assert_close(out, ra_tail_reference(*args))
+    block.impl = "eager"
+    block(x)
+    assert len(calls) == 1  # the eager tail does not use the fused operator
+
+
+def test_fused_block_calls_the_attention_modules_when_they_are_hooked(monkeypatch):
+    import meranet_fast.ops
+
+    calls = []
+    monkeypatch.setattr(meranet_fast.ops, "ra_tail", lambda *a: calls.append(a) or ra_tail_reference(*a))
+    block = BasicBlock3d(8, 8, attention=True, reduction=4, impl="fused").double().eval()
+    x, _, _ = _block_input(block)
+    expected = block(x)
+    assert len(calls) == 1
+    seen = []
+    handle = block.sta.register_forward_hook(lambda mod, inputs, output: seen.append(output))
+    try:
+        torch.testing.assert_close(block(x), expected)
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and len(calls) == 1  # the hook fired; ra_tail was not called
+    block(x)
+    assert len(calls) == 2  # hook removed: the fused tail again
+
+
+def test_fused_block_casts_the_shortcut_to_the_activation_dtype(monkeypatch):
+    import meranet_fast.ops
+
+    dtypes = []
+
+    def fake_ra_tail(y, shortcut, *rest):
+        dtypes.append((y.dtype, shortcut.dtype))
+        return ra_tail_reference(y, shortcut, *rest)
+
+    monkeypatch.setattr(meranet_fast.ops, "ra_tail", fake_ra_tail)
+    block = BasicBlock3d(8, 8, attention=True, reduction=4).double().eval()
+    y = torch.randn(1, 8, 2, 3, 3, dtype=torch.float64)
+    out = block._attention_tail(y, torch.randn(1, 8, 2, 3, 3, dtype=torch.float32))
+    assert dtypes == [(torch.float64, torch.float64)] and out.dtype == torch.float64

@@ -13,6 +13,9 @@ from meranet_fast.analysis.flops import (
     reduction_flops,
     register_flop_handle,
     st_attention_flops,
+    linear_flops,
+    channel_attention_flops,
+    ra_tail_flops,
 )
 
 __all__ = [
@@ -25,6 +28,9 @@ __all__ = [
     "elementwise_flops",
     "reduction_flops",
     "st_attention_flops",
+    "linear_flops",
+    "channel_attention_flops",
+    "ra_tail_flops",
     "flop_count_analysis",
     "model_stats",
     "compare_models",

@@ -50,7 +50,10 @@ __all__ = [
     "register_flop_handle",
     "elementwise_flops",
     "reduction_flops",
+    "linear_flops",
     "st_attention_flops",
+    "channel_attention_flops",
+    "ra_tail_flops",
     "flop_count_analysis",
     "model_stats",
     "compare_models",
@@ -105,6 +108,42 @@ def st_attention_flops(x_shape: Sequence[int], weight_shape: Sequence[int]) -> C
     })
 
 
+def linear_flops(in_shape: Sequence[int], weight_shape: Sequence[int]) -> int:
+    """Multiply-adds of ``F.linear`` on ``in_shape`` ``[..., in]`` with weight ``[out, in]`` (fvcore's
+    ``linear_flop_jit`` count; the ``aten::linear`` handle of :data:`FLOP_HANDLES` uses this function)."""
+    if in_shape[-1] != weight_shape[-1]:
+        raise ValueError(f"linear: input features {in_shape[-1]} do not match weight {list(weight_shape)}")
+    return math.prod(in_shape) * weight_shape[0]
+
+
+def channel_attention_flops(y_shape: Sequence[int], hidden: int) -> Counter:
+    """Per-operator flops of channel attention on ``y`` ``[N, C, T, H, W]`` with hidden width ``hidden``.
+
+    Equals what the eager reference is counted at: ``mean`` and ``amax`` over T·H·W, the shared network
+    on both pooled vectors (two ``linear`` a path, ``relu`` in between), the ``add`` of both paths,
+    ``sigmoid`` and the per-channel ``mul``.
+    """
+    n, c = y_shape[:2]
+    vec, hid = [n, c], [n, hidden]
+    path = linear_flops(vec, [hidden, c]) + linear_flops(hid, [c, hidden])
+    return Counter({
+        "mean": reduction_flops(y_shape),
+        "amax": reduction_flops(y_shape),
+        "linear": 2 * path,
+        "relu": 2 * elementwise_flops(hid),
+        "add": elementwise_flops(vec),
+        "sigmoid": elementwise_flops(vec),
+        "mul": elementwise_flops(y_shape),
+    })
+
+
+def ra_tail_flops(y_shape: Sequence[int], hidden: int, st_weight_shape: Sequence[int]) -> Counter:
+    """Per-operator flops of the residual-attention tail ``relu(STA(CA(y)) + shortcut)``: channel
+    attention, spatio-temporal attention on its output, the residual ``add`` and the ``relu``."""
+    return (channel_attention_flops(y_shape, hidden) + st_attention_flops(y_shape, st_weight_shape)
+            + Counter({"add": elementwise_flops(y_shape), "relu": elementwise_flops(y_shape)}))
+
+
 # --- fvcore handles --------------------------------------------------------------------------------
 
 def _elementwise_handle(inputs: list, outputs: list) -> int:
@@ -125,6 +164,21 @@ def _max_pool3d_handle(inputs: list, outputs: list) -> int:
     return math.prod(kernel) * math.prod(get_shape(outputs[0]))
 
 
+def _linear_handle(inputs: list, outputs: list) -> int:
+    # aten::linear(input, weight, bias)
+    return linear_flops(get_shape(inputs[0]), get_shape(inputs[1]))
+
+
+def _channel_attention_handle(inputs: list, outputs: list) -> Counter:
+    # meranet::channel_attention(y, w_reduce, b_reduce, w_expand, b_expand, backend) -> (out, a, ...)
+    return channel_attention_flops(get_shape(inputs[0]), get_shape(inputs[1])[0])
+
+
+def _ra_tail_handle(inputs: list, outputs: list) -> Counter:
+    # meranet::ra_tail(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias, backend)
+    return ra_tail_flops(get_shape(inputs[0]), get_shape(inputs[2])[0], get_shape(inputs[6]))
+
+
 def _st_attention_fwd_handle(inputs: list, outputs: list) -> Counter:
     # meranet::st_attention_fwd[_triton](x, weight, bias) -> (out, attn, pooled, argmax):
     # counted as its eager equivalent.
@@ -137,10 +191,14 @@ FLOP_HANDLES: dict[str, Handle | None] = {
     **{f"aten::{op}": _elementwise_handle
        for op in ("add", "add_", "mul", "mul_", "sigmoid", "sigmoid_", "relu", "relu_")},
     **{f"aten::{op}": _reduction_handle for op in ("mean", "amax", "adaptive_avg_pool3d")},
+    "aten::linear": _linear_handle,  # fvcore's count, through the function the fused handles use
     "aten::max_pool3d": _max_pool3d_handle,
     "aten::pad": None,  # shortcut 'A' zero channels: data movement, free
     "meranet::st_attention_fwd": _st_attention_fwd_handle,
     "meranet::st_attention_fwd_triton": _st_attention_fwd_handle,
+    # One operator whatever the backend (C++, Triton, CUDA): the backend is an argument.
+    "meranet::channel_attention": _channel_attention_handle,
+    "meranet::ra_tail": _ra_tail_handle,
 }
 
 
@@ -150,8 +208,9 @@ def register_flop_handle(op_name: str, handle: Handle | None) -> None:
     ``handle=None`` declares the operator free (pure data movement).
 
     A fused operator's handle should return the same count as the eager code it replaces; build it from
-    :func:`elementwise_flops`, :func:`reduction_flops`, :func:`st_attention_flops` and fvcore's
-    ``conv_flop_count`` as :func:`st_attention_flops` does.
+    :func:`elementwise_flops`, :func:`reduction_flops`, :func:`linear_flops`, :func:`st_attention_flops`,
+    :func:`channel_attention_flops`, :func:`ra_tail_flops` and fvcore's ``conv_flop_count`` as
+    :func:`st_attention_flops` does.
     """
     if "::" not in op_name:
         raise ValueError(f"op_name must be a qualified operator name like 'meranet::op', got {op_name!r}")
@@ -235,8 +294,11 @@ def compare_models(
 ) -> dict:
     """3D ResNet vs MERANet of ``depth`` on ``input_shape``: both models' stats and MERANet's overhead.
 
-    ``model_kwargs`` go to :func:`~meranet_fast.models.resnet3d` for both models (e.g. ``shortcut``).
-    The result is JSON-serialisable: ``{"input_shape", "convention", "vanilla", "meranet", "overhead"}``
+    ``model_kwargs`` go to :func:`~meranet_fast.models.resnet3d` for both models (e.g. ``shortcut``;
+    ``impl``, default ``"fused"``: MERANet's attention tail, traced as ``meranet::ra_tail`` and counted
+    like its eager code, so both impls give the same numbers).
+    The result is JSON-serialisable: ``{"input_shape", "meranet_impl", "convention", "vanilla", "meranet",
+    "overhead"}``
     with ``overhead[kind]`` = ``{"total": {"abs", "pct"}, "stages": {stage: {"abs", "pct"}}}`` for
     ``kind`` in ``params``, ``flops``.
     """
@@ -245,8 +307,8 @@ def compare_models(
     in_channels = input_shape[1]
     vanilla = model_stats(resnet3d(depth, num_classes, attention=False, in_channels=in_channels, **model_kwargs),
                           input_shape, f"resnet3d{depth}")
-    meranet = model_stats(resnet3d(depth, num_classes, attention=True, in_channels=in_channels, **model_kwargs),
-                          input_shape, f"meranet{depth}")
+    meranet_model = resnet3d(depth, num_classes, attention=True, in_channels=in_channels, **model_kwargs)
+    meranet = model_stats(meranet_model, input_shape, f"meranet{depth}")
     overheads = {
         kind: {
             "total": overhead(getattr(vanilla, kind), getattr(meranet, kind)),
@@ -257,6 +319,7 @@ def compare_models(
     }
     return {
         "input_shape": list(input_shape),
+        "meranet_impl": meranet_model.impl,
         "convention": "one multiply-add = one flop; element-wise ops 1/element; reductions 1/input element",
         "vanilla": vanilla.to_dict(),
         "meranet": meranet.to_dict(),

@@ -60,8 +60,12 @@ class ResNet3d(nn.Module):
         stem_t: temporal kernel size of the stem conv; odd and >= 1 so the stem keeps T.
         shortcut: ``"A"`` (parameter-free) or ``"B"`` (1×1×1 conv + BN where the shape changes).
         in_channels: input channels (3 for RGB).
-        reduction, shared: channel-attention options; st_kernel_size, impl: spatio-temporal-attention
-            options. Used only with ``attention=True``.
+        reduction, shared: channel-attention options; st_kernel_size: spatio-temporal-attention kernel
+            size. Used only with ``attention=True``.
+        impl: ``"fused"`` (default) or ``"eager"``: the attention tail of every block
+            (:attr:`BasicBlock3d.impl <meranet_fast.nn.BasicBlock3d.impl>`); ``"fused"`` falls back to
+            the eager reference by itself where no fused kernel can run. Switch later with
+            :func:`meranet_fast.convert` or :attr:`impl`.
 
     Input ``[N, in_channels, T, H, W]`` with any T >= 1 and H, W >= 32; output ``[N, num_classes]``.
     """
@@ -77,7 +81,7 @@ class ResNet3d(nn.Module):
         reduction: int = 16,
         st_kernel_size: int = 5,
         shared: str = "conv",
-        impl: str = "eager",
+        impl: str = "fused",
     ):
         super().__init__()
         if len(blocks) != len(STAGE_WIDTHS) or any(n < 1 for n in blocks):
@@ -105,6 +109,20 @@ class ResNet3d(nn.Module):
         self.fc = nn.Linear(width, num_classes)
         init_weights_(self)
 
+    @property
+    def impl(self) -> str:
+        """The blocks' ``impl`` (``"fused"`` / ``"eager"``); ``"mixed"`` if they differ.
+
+        Assigning sets every block (as :func:`meranet_fast.convert` does)."""
+        impls = {m.impl for m in self.modules() if isinstance(m, BasicBlock3d)}
+        return impls.pop() if len(impls) == 1 else "mixed"
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        for m in self.modules():
+            if isinstance(m, BasicBlock3d):
+                m.impl = value
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
@@ -121,7 +139,7 @@ def resnet3d(
     reduction: int = 16,
     st_kernel_size: int = 5,
     shared: str = "conv",
-    impl: str = "eager",
+    impl: str = "fused",
 ) -> ResNet3d:
     """Build a 3D ResNet (``attention=False``) or MERANet (``attention=True``) of depth 10, 18 or 34.
 

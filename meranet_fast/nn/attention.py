@@ -78,12 +78,15 @@ class SpatioTemporalAttention3d(nn.Module):
     Args:
         kernel_size: k, one of :data:`ST_KERNEL_SIZES` (3, 5 or 7; the paper uses 5).
         bias: whether the conv has a bias.
-        impl: ``"eager"`` (the PyTorch reference) or ``"fused"`` (``meranet_fast.ops.st_attention``).
-            A plain attribute: ``module.impl = "fused"`` switches the backend at runtime; unknown
-            values raise ``ValueError`` when assigned.
+        impl: ``"fused"`` (default: ``meranet_fast.ops.st_attention`` with ``backend="auto"``, which
+            runs the eager reference itself when no compiled kernel can run) or ``"eager"`` (the
+            PyTorch reference). A plain attribute: ``module.impl = "eager"`` switches the backend at
+            runtime; unknown values raise ``ValueError`` when assigned. Inside a
+            :class:`~meranet_fast.nn.BasicBlock3d` it is also the block's ``impl``: ``"fused"`` runs the
+            whole tail as one ``ra_tail`` operator.
     """
 
-    def __init__(self, kernel_size: int = 5, bias: bool = True, impl: str = "eager"):
+    def __init__(self, kernel_size: int = 5, bias: bool = True, impl: str = "fused"):
         super().__init__()
         if kernel_size not in ST_KERNEL_SIZES:
             raise ValueError(f"kernel_size must be one of {ST_KERNEL_SIZES}, got {kernel_size!r}")
