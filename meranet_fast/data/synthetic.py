@@ -124,7 +124,7 @@ def make_synthetic(num_subjects: int = 8, per_class: int = 4, classes: tuple[str
     for k in range(num_subjects):
         face = _make_face(np.random.default_rng([seed, 1, k]))
         subject = f"sub{k + 1:02d}"
-        for ci, label in enumerate(classes):
+        for label in classes:
             for j in range(per_class):
                 rng = np.random.default_rng([seed, 2, k, SYNTH_CLASSES.index(label), j])
                 n = num_frames
