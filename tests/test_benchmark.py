@@ -239,7 +239,7 @@ def test_model_benchmark_tiny_clip(tmp_path):
     from meranet_fast.benchmark.model_bench import run_model_benchmark
 
     res = run_model_benchmark(variants=["resnet3d18", "meranet18-eager"], batches=[2], clip=(2, 16, 16),
-                              modes=["inference"], reps=1, warmup=0, log=lambda s: None)
+                              modes=["inference"], reps=1, warmup=0, profile_reps=2, log=lambda s: None)
     rows = {r["model"]: r for r in res["measurements"]}
     assert set(rows) == {"resnet3d18", "meranet18-eager"}
     over = rows["meranet18-eager"]["attention_overhead"]
@@ -249,5 +249,6 @@ def test_model_benchmark_tiny_clip(tmp_path):
     assert prof["model"] == "meranet18-eager" and prof["attention_modules"] == 16
     assert prof["sta"]["calls"] == 8 and prof["ca"]["calls"] == 8 and prof["sta"]["forward_ms"] > 0
     assert prof["sta"]["backward_ms"] == 0.0  # inference: no backward
+    assert len(prof["runs_attention_ms"]) == 2 and prof["total"]["attention_ms"] == min(prof["runs_attention_ms"])
     assert "attention time" in report.format_model_table(res)
     assert report.plot_model_times(res, tmp_path / "m.png").stat().st_size > 0

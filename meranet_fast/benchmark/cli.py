@@ -87,6 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="variants (default: resnet3d18,meranet18-eager,meranet18-fused,meranet18-fused-compile)")
     mod.add_argument("--modes", type=_csv, default=["train", "inference"], help="default: train,inference")
     mod.add_argument("--no-profile", action="store_true", help="skip the profiler attribution of attention time")
+    mod.add_argument("--profile-reps", type=int, default=3,
+                     help="profiled calls per MERANet variant, interleaved; the median is reported (default: 3)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -119,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
             variants=variants, batches=args.batch, clip=args.input,
             dtypes=[getattr(torch, d) for d in dtypes], device=args.device, modes=args.modes,
             reps=args.reps or 3, warmup=1 if args.warmup is None else args.warmup,
-            profile=not args.no_profile)
+            profile=not args.no_profile, profile_reps=max(1, args.profile_reps))
         print(report.format_model_table(results))
         plot = report.plot_model_times
     else:
