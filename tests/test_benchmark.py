@@ -252,3 +252,19 @@ def test_model_benchmark_tiny_clip(tmp_path):
     assert len(prof["runs_attention_ms"]) == 2 and prof["total"]["attention_ms"] == min(prof["runs_attention_ms"])
     assert "attention time" in report.format_model_table(res)
     assert report.plot_model_times(res, tmp_path / "m.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_fused_model_profile_sees_the_fused_tail_without_changing_the_path():
+    from meranet_fast.benchmark.model_bench import fused_model_available, profile_attention
+    from meranet_fast.models import meranet18
+
+    ok, why = fused_model_available(torch.device("cpu"), torch.float32)
+    if not ok:
+        pytest.skip(why)
+    model = meranet18(num_classes=3, impl="fused").train()
+    x = torch.randn(2, 3, 2, 16, 16)
+    res = profile_attention(model, lambda: model(x).sum().backward(), torch.device("cpu"))
+    # 8 blocks, each one meranet:: tail op; the modules were not hooked, so no fallback to them
+    assert res["ca"]["calls"] == 0 and res["sta"]["calls"] == 0 and res["fused"]["calls"] == 8
+    assert res["fused"]["forward_ms"] > 0 and res["fused"]["backward_ms"] > 0

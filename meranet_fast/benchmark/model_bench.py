@@ -49,13 +49,33 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+#: Operators of this namespace are attention by definition: their events are scopes of their own.
+FUSED_OP_PREFIX = "meranet::"
+
+
+def _fused_attention_modules(model: torch.nn.Module) -> set[int]:
+    """ids of attention modules whose owner runs them as one fused op (``meranet::ra_tail``).
+
+    Such a block calls the modules only when they carry forward hooks, so hooking them would profile
+    a different computation than the one timed: they are left unhooked and the fused op's own event
+    is the scope (see :data:`FUSED_OP_PREFIX`).
+    """
+    skip = set()
+    for m in model.modules():
+        ca, sta = getattr(m, "ca", None), getattr(m, "sta", None)
+        if ca is not None and sta is not None and getattr(sta, "impl", "eager") == "fused":
+            skip.update((id(ca), id(sta)))
+    return skip
+
+
 @contextlib.contextmanager
 def attention_scopes(model: torch.nn.Module):
-    """Wrap the forward of every attention module of ``model`` in a ``record_function`` scope."""
+    """Wrap the forward of every (unfused) attention module of ``model`` in a ``record_function`` scope."""
     handles = []
+    fused = _fused_attention_modules(model)
     for module in model.modules():
         scope = ATTENTION_SCOPES.get(type(module).__name__)
-        if scope is None:
+        if scope is None or id(module) in fused:
             continue
         stack: list = []
 
@@ -85,31 +105,42 @@ def _descendants(event):
 def attribute_attention(events) -> dict:
     """Attention time in ms from profiler ``events`` (see the module docstring for the method).
 
-    Returns ``{scope: {"forward_ms", "backward_ms", "forward_device_ms", "backward_device_ms"}}`` plus
-    ``"total"`` summed over scopes.
+    Returns ``{"ca"|"sta"|"fused": {"forward_ms", "backward_ms", "forward_device_ms", "backward_device_ms",
+    "calls", ...}}`` plus ``"total"`` summed over them. ``fused`` holds ``meranet::*`` operator calls that
+    are not inside a module scope (the fused RA tail: CA + STA + residual add + ReLU in one op).
     """
     scopes = set(ATTENTION_SCOPES.values())
+
+    def key(name: str) -> str | None:
+        if name in scopes:
+            return name
+        return "fused" if name.startswith(FUSED_OP_PREFIX) else None
+
     out = {s: {"forward_ms": 0.0, "backward_ms": 0.0, "forward_device_ms": 0.0, "backward_device_ms": 0.0,
-               "calls": 0} for s in scopes}
+               "calls": 0} for s in (*scopes, "fused")}
     seq_owner: dict[tuple[int, int], str] = {}
     for ev in events:
-        if ev.name not in scopes:
+        k = key(ev.name)
+        if k is None:
             continue
-        # a scope nested in another scope of the same kind would be counted twice: count outermost only
+        # a scope inside another scope (e.g. the fused STA op inside the STA module) is counted once;
+        # ops run by a backward node are the backward's, attributed below by sequence number
         parent, nested = ev.cpu_parent, False
         while parent is not None:
-            if parent.name in scopes:
+            if key(parent.name) is not None or parent.name.startswith(_EVAL_PREFIX):
                 nested = True
                 break
             parent = parent.cpu_parent
         if nested:
             continue
-        out[ev.name]["forward_ms"] += ev.cpu_time_total / 1e3
-        out[ev.name]["forward_device_ms"] += getattr(ev, "device_time_total", 0.0) / 1e3
-        out[ev.name]["calls"] += 1
+        out[k]["forward_ms"] += ev.cpu_time_total / 1e3
+        out[k]["forward_device_ms"] += getattr(ev, "device_time_total", 0.0) / 1e3
+        out[k]["calls"] += 1
+        if ev.sequence_nr is not None and ev.sequence_nr >= 0:
+            seq_owner[(ev.thread, ev.sequence_nr)] = k
         for child in _descendants(ev):
             if child.sequence_nr is not None and child.sequence_nr >= 0:
-                seq_owner[(child.thread, child.sequence_nr)] = ev.name
+                seq_owner[(child.thread, child.sequence_nr)] = k
     for ev in events:
         if not ev.name.startswith(_EVAL_PREFIX) or ev.sequence_nr is None or ev.sequence_nr < 0:
             continue
@@ -120,7 +151,7 @@ def attribute_attention(events) -> dict:
         out[owner]["backward_device_ms"] += getattr(ev, "device_time_total", 0.0) / 1e3
     total = {k: sum(v[k] for v in out.values()) for k in ("forward_ms", "backward_ms", "forward_device_ms",
                                                          "backward_device_ms", "calls")}
-    res = {("ca" if s.endswith(".ca") else "sta"): v for s, v in out.items()}
+    res = {{"meranet.bench.ca": "ca", "meranet.bench.sta": "sta"}.get(s, s): v for s, v in out.items()}
     res["total"] = total
     for v in res.values():
         v["attention_ms"] = v["forward_ms"] + v["backward_ms"]
