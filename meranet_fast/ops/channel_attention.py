@@ -2,7 +2,7 @@
 
 ``a = sigmoid(We relu(Ws avg_thw y) + We relu(Ws max_thw y))``, ``out = y * a[n, c]``.
 
-Schedule (kernel-level ops of a backend: ``ca_*`` in C++ for CPU, ``ca_*_triton`` in Triton)::
+Schedule (kernel-level ops of a backend: ``ca_*`` in C++ for CPU and CUDA, ``ca_*_triton`` in Triton)::
 
     forward   ca_pool(y) -> avg, max, argmax_thw        read y                 1 pass
               shared network + sigmoid on [N, C]        (torch, tiny)
@@ -50,11 +50,16 @@ __all__ = [
     "resolve_backend",
 ]
 
-#: ``"auto"``: C++ on CPU, Triton on CUDA, ``"eager"`` when neither can run. ``"eager"``: the
-#: reference (``meranet_fast.ops.reference``). ``"cpp"``: the compiled CPU kernels. ``"triton"``: the
-#: Triton kernels (a CUDA device, or CPU tensors under ``TRITON_INTERPRET=1``). There are no CUDA C++
-#: kernels for these ops (yet): CUDA tensors use Triton.
-BACKENDS = ("auto", "eager", "cpp", "triton")
+#: ``"auto"``: C++ on CPU; on CUDA Triton, then CUDA C++ (see ``AUTO_ORDER``); ``"eager"`` when none
+#: can run. ``"eager"``: the reference (``meranet_fast.ops.reference``). ``"cpp"``: the compiled CPU
+#: kernels. ``"cuda"``: the compiled CUDA kernels (csrc/cuda/channel_attention_cuda.cu, ra_tail_cuda.cu).
+#: ``"triton"``: the Triton kernels (a CUDA device, or CPU tensors under ``TRITON_INTERPRET=1``).
+BACKENDS = ("auto", "eager", "cpp", "cuda", "triton")
+
+#: What "auto" tries, in order, per device type. On CUDA, Triton comes first because its kernels are
+#: verified (under the interpreter, in CI) while the CUDA C++ kernels have only been compiled so far;
+#: revisit with the measurements of benchmarks/gpu_check.sh.
+AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("triton", "cuda")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,15 +79,15 @@ def dense_format(x: torch.Tensor) -> torch.memory_format:
 
 
 def resolve_backend(backend: str, device: torch.device, op: str) -> str:
-    """The concrete backend (``"eager"``, ``"cpp"`` or ``"triton"``) for tensors on ``device``.
+    """The concrete backend (``"eager"``, ``"cpp"``, ``"cuda"`` or ``"triton"``) for tensors on ``device``.
 
-    Whether "cpp" / "triton" can run is asked of the spatio-temporal attention op layer
+    Whether a compiled or Triton backend can run is asked of the spatio-temporal attention op layer
     (``st_attention.backend_status``), so every fused op answers the same way.
     """
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        for candidate in (("cpp",) if device.type == "cpu" else ("triton",)):
+        for candidate in AUTO_ORDER.get(device.type, ()):
             if backend_status(candidate, device)[0]:
                 return candidate
         return "eager"
@@ -107,8 +112,9 @@ class Kernels(NamedTuple):
 
 
 def kernels(backend: str) -> Kernels:
-    """The ops of a resolved backend (``"cpp"``: ``torch.ops.meranet.ca_pool`` ...;
-    ``"triton"``: ``torch.ops.meranet.ca_pool_triton`` ...)."""
+    """The ops of a resolved backend (``"cpp"`` and ``"cuda"``: ``torch.ops.meranet.ca_pool`` ..., whose
+    dispatcher picks the CPU or CUDA kernel from the tensors' device; ``"triton"``:
+    ``torch.ops.meranet.ca_pool_triton`` ...)."""
     if backend == "triton":
         import meranet_fast.ops.triton.channel_attention  # noqa: F401  (registers the ops)
         import meranet_fast.ops.triton.ra_tail  # noqa: F401

@@ -3,7 +3,7 @@
 With ``a`` the channel-attention weights ([N, C]), ``u = y * a``, ``P = [mean_c u; max_c u]``,
 ``A = sigmoid(conv3d(P, st_weight, st_bias, pad=k//2))`` and ``out = relu(u * A + shortcut)``.
 
-Schedule (kernel-level ops of a backend; C++ on CPU, Triton with the ``_triton`` suffix)::
+Schedule (kernel-level ops of a backend; C++ on CPU and CUDA, Triton with the ``_triton`` suffix)::
 
     forward   ca_pool(y) -> avg, max, argmax_thw          read y                         1
               shared network + sigmoid -> a [N, C]         (torch, tiny)
@@ -178,7 +178,7 @@ def ra_tail(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_b
             the channel-attention network (``ChannelAttention3d.shared_weights()``).
         st_weight ``[1, 2, k, k, k]`` (k = 3, 5, 7; input channel 0 sees the mean map), st_bias ``[1]``
             or None: the spatio-temporal attention conv.
-        backend: ``"auto"``, ``"eager"``, ``"cpp"`` or ``"triton"`` (see ``channel_attention.BACKENDS``).
+        backend: ``"auto"``, ``"eager"``, ``"cpp"``, ``"cuda"`` or ``"triton"`` (see ``channel_attention.BACKENDS``).
     """
     op = "ra_tail"
     check_ra_tail_inputs(op, y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias)

@@ -1,0 +1,114 @@
+"""CUDA C++ kernels against their CPU twins (GPU only).
+
+Every ``torch.ops.meranet.*`` kernel op has a CPU implementation that the rest of the suite checks against
+the eager references; here each CUDA implementation must give the same results as the CPU one on the same
+inputs: awkward shapes, ties, every dtype, contiguous / channels_last_3d / sliced layouts, k = 3, 5, 7,
+and bit-identical results on a repeated backward (determinism).
+"""
+import pytest
+import torch
+
+import meranet_fast._extension as ext
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (none visible to torch)"),
+    pytest.mark.skipif(not ext.cuda_compiled(), reason="meranet_fast._C was built without CUDA sources"),
+]
+ops = torch.ops.meranet
+
+SHAPES = [(2, 5, 3, 7, 9), (1, 1, 1, 1, 1), (2, 40, 1, 3, 17), (1, 3, 5, 9, 20), (1, 8, 3, 65, 70)]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def tolerance(dtype, loose=False):
+    if dtype == torch.float64:
+        return dict(atol=1e-9, rtol=1e-9)
+    if dtype == torch.float32:
+        return dict(atol=1e-3, rtol=1e-3) if loose else dict(atol=1e-4, rtol=1e-4)
+    return dict(atol=2e-2, rtol=2e-2)
+
+
+def activation(shape, dtype, layout):
+    n, c, t, h, w = shape
+    # rounded values make ties in the channel / position maxima likely: both sides must pick the first
+    x = torch.randn(n, c, t, h, 2 * w if layout == "sliced" else w).round(decimals=1).to(dtype)
+    if layout == "channels_last_3d":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x[..., ::2] if layout == "sliced" else x
+
+
+def assert_same(cpu_result, cuda_result, dtype, loose=False):
+    cpu_result = cpu_result if isinstance(cpu_result, (tuple, list)) else (cpu_result,)
+    cuda_result = cuda_result if isinstance(cuda_result, (tuple, list)) else (cuda_result,)
+    for i, (expected, actual) in enumerate(zip(cpu_result, cuda_result)):
+        actual = actual.cpu()
+        assert actual.shape == expected.shape, f"output {i}: shape {actual.shape} != {expected.shape}"
+        if expected.dtype in (torch.int32, torch.int64):
+            assert torch.equal(actual, expected), f"output {i}: indices differ"
+        else:
+            torch.testing.assert_close(actual.double(), expected.double(), equal_nan=True,
+                                       **tolerance(dtype, loose), msg=lambda m: f"output {i}: {m}")
+
+
+def on_cuda(*tensors):
+    return [t.cuda() if isinstance(t, torch.Tensor) else t for t in tensors]
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d", "sliced"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_st_attention_cuda_matches_cpu(shape, dtype, layout, k):
+    torch.manual_seed(0)
+    x, g = activation(shape, dtype, layout), activation(shape, dtype, layout)
+    w, b = (torch.randn(1, 2, k, k, k) * 0.2).to(dtype), torch.randn(1).to(dtype)
+    # reference: the CPU kernel in float32 on the very same values (low-precision inputs are exact in fp32)
+    as_f32 = [t.float() for t in (g, x, w, b)]
+    fwd_cpu = ops.st_attention_fwd(*as_f32[1:])
+    fwd_cuda = ops.st_attention_fwd(*on_cuda(x, w, b))
+    assert_same(fwd_cpu, fwd_cuda, dtype)
+    bwd_cpu = ops.st_attention_bwd(*as_f32[:3], *fwd_cpu[1:])
+    bwd_args = on_cuda(g, x, w, *fwd_cuda[1:])
+    bwd_cuda = ops.st_attention_bwd(*bwd_args)
+    assert_same(bwd_cpu, bwd_cuda, dtype, loose=True)
+    again = ops.st_attention_bwd(*bwd_args)
+    assert all(torch.equal(p, q) for p, q in zip(bwd_cuda, again)), "backward is not deterministic"
+
+
+@pytest.mark.parametrize("k", [3, 7])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d", "sliced"])
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_channel_attention_and_ra_tail_cuda_match_cpu(shape, dtype, layout, k):
+    torch.manual_seed(0)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    y, shortcut, g = (activation(shape, dtype, layout) for _ in range(3))
+    scale = torch.rand(shape[0], shape[1], dtype=acc) + 0.5
+    w, b = (torch.randn(1, 2, k, k, k) * 0.2).to(dtype), torch.randn(1).to(dtype)
+
+    def both(op, *args, loose=False):
+        expected = op(*args)
+        assert_same(expected, op(*on_cuda(*args)), dtype, loose)
+        return expected
+
+    avg, mx, argmax_thw = both(ops.ca_pool, y)
+    both(ops.ca_scale, y, scale)
+    pooled, argmax_c = both(ops.ra_pool, y, scale)
+    out, attn = both(ops.ra_attend, y, shortcut, scale, pooled, w, b)
+    grad_z, grad_pooled, *_ = both(ops.ra_attend_bwd, g, out, y, scale, attn, pooled, w, loose=True)
+    for maps in [(None, None, None), (attn, grad_pooled, argmax_c)]:
+        both(ops.ca_scale_grad, grad_z, y, *maps, loose=True)
+        both(ops.ca_input_grad, grad_z, scale, avg, mx, argmax_thw, *maps)
+    args = on_cuda(g, out, y, scale, attn, pooled, w)
+    first, second = ops.ra_attend_bwd(*args), ops.ra_attend_bwd(*args)
+    assert all(torch.equal(p, q) for p, q in zip(first, second)), "ra_attend_bwd is not deterministic"
+
+
+def test_empty_inputs_return_without_launching():
+    y = torch.randn(0, 4, 2, 3, 3, device="cuda")
+    avg, mx, idx = ops.ca_pool(y)
+    assert avg.shape == (0, 4) and mx.shape == (0, 4) and idx.shape == (0, 4)
+    out, attn, pooled, argmax = ops.st_attention_fwd(y, torch.randn(1, 2, 3, 3, 3, device="cuda"), None)
+    assert out.shape == y.shape and attn.shape == (0, 1, 2, 3, 3)
+    torch.cuda.synchronize()
