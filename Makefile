@@ -24,11 +24,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 
-# Dependencies first (setup.py imports torch), then the package itself without build isolation,
-# so the extension is compiled against the torch that runs it.
+# Dependencies first (setup.py imports torch), then the package itself without build isolation, so
+# the extension is compiled against the torch that runs it. pip installs the Python side only; `build`
+# compiles the extension once, in place and incrementally (pip's editable build would compile it in a
+# temporary folder and `build` again from scratch).
 $(VENV)/.installed: $(BIN)/python pyproject.toml setup.py
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" numpy ninja setuptools wheel
-	$(BIN)/python -m pip install -q --no-build-isolation -e ".[dev,triton]"
+	MERANET_NO_EXTENSION=1 $(BIN)/python -m pip install -q --no-build-isolation -e ".[dev,triton]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -5,6 +5,8 @@ Build knobs (environment variables):
   MERANET_FORCE_CUDA=1  compile CUDA sources or fail (error if torch has no CUDA or nvcc is missing).
   TORCH_CUDA_ARCH_LIST  GPU architectures (default here: "9.0", the H100/H200 the library targets).
   MAX_JOBS              parallel compile jobs (ninja).
+  MERANET_NO_EXTENSION=1  install the Python package only (the Makefile uses it for `pip install -e`,
+                          then compiles once in place with `setup.py build_ext --inplace`).
 CUDA is decided from the build toolchain (torch built with CUDA + nvcc found), never from
 torch.cuda.is_available(): build machines usually have no GPU.
 """
@@ -85,7 +87,7 @@ def _extension():
 
 
 setup(
-    ext_modules=[_extension()],
+    ext_modules=[] if _flag("MERANET_NO_EXTENSION") else [_extension()],
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )
