@@ -34,6 +34,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdlib>
+#include <string>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -304,140 +308,60 @@ void pool(const at::Tensor& x, at::opmath_type<scalar_t>* pooled, int32_t* argma
 }
 
 // ------------------------------------------------------------------------------------------------
-// Small maps: the k^3 x 2 -> 1 conv and its transpose / weight gradient
+// Small maps: the k^3 x 2 -> 1 conv and its transpose / weight gradient (st_attention_cpu_maps.h),
+// compiled for baseline x86-64 and for AVX2 + FMA, chosen at run time.
 // ------------------------------------------------------------------------------------------------
 
 struct Geometry {
   int64_t N, T, H, W, S, k, r;
 };
 
-// logits [N, S] = bias + sum_{ch, taps} w[ch, dt, dh, dw] * P[ch, t+dt-r, h+dh-r, w+dw-r] (zero pad).
-template <typename acc_t>
-void conv_logits(const Geometry& g, const acc_t* pooled, const acc_t* w, acc_t bias, acc_t* logits) {
-  const int64_t T = g.T, H = g.H, W = g.W, S = g.S, k = g.k, r = g.r;
-  at::parallel_for(0, g.N * T * H, 16, [&](int64_t row0, int64_t row1) {
-    for (int64_t row = row0; row < row1; ++row) {
-      const int64_t n = row / (T * H), t = (row / H) % T, h = row % H;
-      acc_t* L = logits + n * S + (t * H + h) * W;
-      for (int64_t i = 0; i < W; ++i) L[i] = bias;
-      for (int64_t ch = 0; ch < 2; ++ch) {
-        const acc_t* P = pooled + (n * 2 + ch) * S;
-        for (int64_t dt = 0; dt < k; ++dt) {
-          const int64_t tt = t + dt - r;
-          if (tt < 0 || tt >= T) continue;
-          for (int64_t dh = 0; dh < k; ++dh) {
-            const int64_t hh = h + dh - r;
-            if (hh < 0 || hh >= H) continue;
-            const acc_t* prow = P + (tt * H + hh) * W;
-            const acc_t* wrow = w + ((ch * k + dt) * k + dh) * k;
-            for (int64_t dw = 0; dw < k; ++dw) {
-              const acc_t wv = wrow[dw];
-              const int64_t off = dw - r;
-              const int64_t lo = std::max<int64_t>(0, -off), hi = std::min<int64_t>(W, W - off);
-              for (int64_t i = lo; i < hi; ++i) L[i] += wv * prow[i + off];
-            }
-          }
-        }
-      }
-    }
-  });
+// -Wpsabi: the 32-byte vector helpers are internal and inlined, so no ABI is crossed.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+namespace maps_default {
+#include "st_attention_cpu_maps.h"
+}  // namespace maps_default
+#pragma GCC diagnostic pop
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define MERANET_HAVE_AVX2_MAPS 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#pragma GCC optimize("fp-contract=fast")
+namespace maps_avx2 {
+#include "st_attention_cpu_maps.h"
+}  // namespace maps_avx2
+#pragma GCC pop_options
+#endif
+
+// AVX2 + FMA small-map kernels when the CPU has them, unless MERANET_CPU_ISA=default.
+bool use_avx2_maps() {
+#ifdef MERANET_HAVE_AVX2_MAPS
+  static const bool cpu_has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const char* isa = std::getenv("MERANET_CPU_ISA");
+  return cpu_has && !(isa != nullptr && std::string(isa) == "default");
+#else
+  return false;
+#endif
 }
 
-// In place: gl = gA * A * (1 - A) row by row, and per fixed chunk of rows the partial sums of
-//   gw[ch, dt, dh, dw] = sum_q P[ch, q + (dt, dh, dw) - r] * gL[q]      and      gb = sum_q gL[q].
-// Returns grad_weight (2 k^3 values) then grad_bias, summed over the chunks in order, in double.
-template <typename acc_t>
-std::vector<double> logit_grad_and_weight_grad(const Geometry& g, acc_t* gl, const acc_t* attn,
-                                               const acc_t* pooled) {
-  const int64_t T = g.T, H = g.H, W = g.W, S = g.S, k = g.k, r = g.r;
-  const int64_t taps = 2 * k * k * k, stride = taps + 1;
-  const int64_t rows = g.N * T * H;
-  // Fixed chunking (a function of the shape only): at most 256 partial rows.
-  const int64_t per_chunk = std::max<int64_t>(1, (rows + 255) / 256);
-  const int64_t chunks = (rows + per_chunk - 1) / per_chunk;
-  std::vector<double> partial(chunks * stride, 0.0);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t chunk = c0; chunk < c1; ++chunk) {
-      double* part = partial.data() + chunk * stride;
-      const int64_t row_end = std::min(rows, (chunk + 1) * per_chunk);
-      for (int64_t row = chunk * per_chunk; row < row_end; ++row) {
-        const int64_t n = row / (T * H), t = (row / H) % T, h = row % H;
-        const int64_t base = n * S + (t * H + h) * W;
-        acc_t* glr = gl + base;
-        const acc_t* ar = attn + base;
-        for (int64_t i = 0; i < W; ++i) glr[i] = glr[i] * ar[i] * (acc_t(1) - ar[i]);
-        acc_t row_sum = 0;
-        for (int64_t i = 0; i < W; ++i) row_sum += glr[i];
-        part[taps] += static_cast<double>(row_sum);
-        for (int64_t ch = 0; ch < 2; ++ch) {
-          const acc_t* P = pooled + (n * 2 + ch) * S;
-          for (int64_t dt = 0; dt < k; ++dt) {
-            const int64_t tt = t + dt - r;
-            if (tt < 0 || tt >= T) continue;
-            for (int64_t dh = 0; dh < k; ++dh) {
-              const int64_t hh = h + dh - r;
-              if (hh < 0 || hh >= H) continue;
-              const acc_t* prow = P + (tt * H + hh) * W;
-              double* prow_part = part + ((ch * k + dt) * k + dh) * k;
-              for (int64_t dw = 0; dw < k; ++dw) {
-                const int64_t off = dw - r;
-                const int64_t lo = std::max<int64_t>(0, -off), hi = std::min<int64_t>(W, W - off);
-                if (hi <= lo) continue;
-                prow_part[dw] += static_cast<double>(
-                    dot_strided<acc_t, acc_t, acc_t, true>(glr + lo, 1, prow + lo + off, 1, hi - lo));
-              }
-            }
-          }
-        }
-      }
-    }
-  });
-  std::vector<double> total(stride, 0.0);
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    const double* part = partial.data() + chunk * stride;
-    for (int64_t j = 0; j < stride; ++j) total[j] += part[j];
+#ifdef MERANET_HAVE_AVX2_MAPS
+#define MERANET_MAPS(fn, ...) \
+  (use_avx2_maps() ? maps_avx2::fn<__VA_ARGS__> : maps_default::fn<__VA_ARGS__>)
+#else
+#define MERANET_MAPS(fn, ...) maps_default::fn<__VA_ARGS__>
+#endif
+
+// Calls f(std::integral_constant<int, k>{}) for k in {3, 5, 7}.
+template <typename F>
+void with_kernel_size(int64_t k, F&& f) {
+  switch (k) {
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: TORCH_CHECK(false, "st_attention: weight kernel size k must be 3, 5 or 7, got ", k);
   }
-  return total;
-}
-
-// gp [N, 2, S]: gp[ch, q] = sum_taps w[ch, tap] * gL[q - tap + r] (transposed conv); the mean map's
-// gradient is stored already divided by C.
-template <typename acc_t>
-void conv_transpose_maps(const Geometry& g, const acc_t* gl, const acc_t* w, int64_t C, acc_t* gp) {
-  const int64_t T = g.T, H = g.H, W = g.W, S = g.S, k = g.k, r = g.r;
-  const int64_t kkk = k * k * k;
-  at::parallel_for(0, g.N * T * H, 16, [&](int64_t row0, int64_t row1) {
-    for (int64_t row = row0; row < row1; ++row) {
-      const int64_t n = row / (T * H), t = (row / H) % T, h = row % H;
-      acc_t* g0 = gp + n * 2 * S + (t * H + h) * W;
-      acc_t* g1 = g0 + S;
-      for (int64_t i = 0; i < W; ++i) {
-        g0[i] = 0;
-        g1[i] = 0;
-      }
-      for (int64_t dt = 0; dt < k; ++dt) {
-        const int64_t tt = t - dt + r;
-        if (tt < 0 || tt >= T) continue;
-        for (int64_t dh = 0; dh < k; ++dh) {
-          const int64_t hh = h - dh + r;
-          if (hh < 0 || hh >= H) continue;
-          const acc_t* grow = gl + n * S + (tt * H + hh) * W;
-          const acc_t* w0 = w + (dt * k + dh) * k;
-          const acc_t* w1 = w0 + kkk;
-          for (int64_t dw = 0; dw < k; ++dw) {
-            const acc_t a0 = w0[dw], a1 = w1[dw];
-            const int64_t off = r - dw;
-            const int64_t lo = std::max<int64_t>(0, -off), hi = std::min<int64_t>(W, W - off);
-            for (int64_t i = lo; i < hi; ++i) {
-              g0[i] += a0 * grow[i + off];
-              g1[i] += a1 * grow[i + off];
-            }
-          }
-        }
-      }
-      for (int64_t i = 0; i < W; ++i) g0[i] = g0[i] / static_cast<acc_t>(C);
-    }
-  });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -568,6 +492,11 @@ void input_grad(const Plan& pl, const Big<const scalar_t>& g, const Big<scalar_t
 // ------------------------------------------------------------------------------------------------
 
 // out / grad_x layout: channels_last_3d when x is (and is not also contiguous), contiguous otherwise.
+// Elements of `maps` zero-padded maps (st_attention_cpu_maps.h).
+int64_t pad_numel(const Geometry& g, int64_t maps) {
+  return maps * maps_default::padded(g).map();
+}
+
 at::Tensor empty_like_layout(const at::Tensor& x) {
   const bool cl = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast3d);
   return at::empty(x.sizes(), x.options(),
@@ -615,8 +544,13 @@ StAttentionForward st_attention_fwd_cpu(const at::Tensor& x, const at::Tensor& w
     acc_t* A = attn_acc.data_ptr<acc_t>();
     pool<scalar_t>(x, P, argmax.data_ptr<int32_t>());
     const acc_t b = has_bias ? bias->to(acc).item<acc_t>() : acc_t(0);
-    conv_logits<acc_t>(geo, P, w_acc.data_ptr<acc_t>(), b, A);
-    attn_acc.sigmoid_();  // ATen's vectorised sigmoid on the small map
+    at::Tensor padded_pooled = at::empty({pad_numel(geo, 2 * geo.N)}, pooled_acc.options());
+    acc_t* Pp = padded_pooled.data_ptr<acc_t>();
+    with_kernel_size(geo.k, [&](auto kc) {
+      constexpr int K = decltype(kc)::value;
+      MERANET_MAPS(pad_maps, acc_t)(geo, P, 2 * geo.N, Pp);
+      MERANET_MAPS(attn_from_pooled, acc_t, K)(geo, Pp, w_acc.data_ptr<acc_t>(), b, A);
+    });
 
     Big<const scalar_t> xb = big_view<const scalar_t>(x);
     Big<scalar_t> ob = big_view<scalar_t>(out);
@@ -658,7 +592,6 @@ StAttentionBackward st_attention_bwd_cpu(const at::Tensor& grad_out, const at::T
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* P = pooled.data_ptr<acc_t>();
     const acc_t* A = attn.data_ptr<acc_t>();
-    const acc_t* Wt = w_acc.data_ptr<acc_t>();
     acc_t* GL = gl.data_ptr<acc_t>();
     acc_t* GP = gp.data_ptr<acc_t>();
 
@@ -672,8 +605,28 @@ StAttentionBackward st_attention_bwd_cpu(const at::Tensor& grad_out, const at::T
       });
     });
     // Small maps: gL (in place), grad_weight / grad_bias, gP.
-    wb = logit_grad_and_weight_grad<acc_t>(geo, GL, A, P);
-    conv_transpose_maps<acc_t>(geo, GL, Wt, C, GP);
+    at::Tensor padded_pooled = at::empty({pad_numel(geo, 2 * geo.N)}, pooled.options());
+    at::Tensor padded_gl = at::zeros({pad_numel(geo, geo.N)}, pooled.options());
+    acc_t* Pp = padded_pooled.data_ptr<acc_t>();
+    acc_t* Gp = padded_gl.data_ptr<acc_t>();
+    // Fixed chunking of the rows (a function of the shape only): at most 256 partial sums.
+    const int64_t rows = geo.N * geo.T * geo.H;
+    const int64_t per_chunk = std::max<int64_t>(1, (rows + 255) / 256);
+    const int64_t chunks = (rows + per_chunk - 1) / per_chunk;
+    const int64_t taps = 2 * geo.k * geo.k * geo.k;
+    std::vector<double> partial(chunks * (taps + 1), 0.0);
+    // Weights flipped in (t, h, w): the transposed conv is a correlation with them.
+    const at::Tensor w_flip = w_acc.flip({2, 3, 4}).contiguous();
+    with_kernel_size(geo.k, [&](auto kc) {
+      constexpr int K = decltype(kc)::value;
+      MERANET_MAPS(pad_maps, acc_t)(geo, P, 2 * geo.N, Pp);
+      MERANET_MAPS(logit_and_weight_grad, acc_t, K)(geo, GL, A, Pp, Gp, per_chunk, chunks, partial.data());
+      MERANET_MAPS(pooled_grad, acc_t, K)(geo, Gp, w_flip.data_ptr<acc_t>(), C, GP);
+    });
+    wb.assign(taps + 1, 0.0);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      for (int64_t j = 0; j <= taps; ++j) wb[j] += partial[chunk * (taps + 1) + j];
+    }
 
     // Pass 2 (reads g, writes gx).
     Big<scalar_t> ob = big_view<scalar_t>(grad_x);

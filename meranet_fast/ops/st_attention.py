@@ -210,6 +210,8 @@ def backend_status(backend: str, device: torch.device | str) -> tuple[bool, str]
             return False, f"backend 'cuda' needs CUDA tensors but x is on {device}; use 'cpp' on CPU"
         if not _CPP_LOADED:
             return False, f"meranet_fast._C is not available ({_extension.LOAD_ERROR}); {_extension.BUILD_HINT}"
+        if not torch.cuda.is_available():
+            return False, "x is on CUDA but no CUDA device is available"
         if not _CUDA_COMPILED:
             return False, ("meranet_fast._C was built without CUDA (no nvcc or a CPU-only torch at build time; "
                            "rebuild with MERANET_FORCE_CUDA=1 to see why)")
@@ -261,6 +263,15 @@ def _prepare(x, weight, bias):
     return weight, bias
 
 
+def _eager(x, weight, bias):
+    if x.numel() == 0:
+        # conv3d rejects zero-sized T/H/W; an empty result still connects weight and bias (zero grads).
+        n, _, t, h, w = x.shape
+        scale = weight.sum() if bias is None else weight.sum() + bias.sum()
+        return x * scale, x.new_zeros((n, 1, t, h, w))
+    return st_attention_reference(x, weight, bias)
+
+
 def _fused(x, weight, bias, backend):
     if backend == "triton":
         return torch.ops.meranet.st_attention_fwd_triton(x, weight, bias)
@@ -283,7 +294,7 @@ def st_attention(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     weight, bias = _prepare(x, weight, bias)
     backend = resolve_backend(backend, x.device)
     if backend == "eager":
-        return st_attention_reference(x, weight, bias)[0]
+        return _eager(x, weight, bias)[0]
     return _fused(x, weight, bias, backend)[0]
 
 
@@ -297,7 +308,7 @@ def st_attention_with_map(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     weight, bias = _prepare(x, weight, bias)
     backend = resolve_backend(backend, x.device)
     if backend == "eager":
-        out, attn = st_attention_reference(x, weight, bias)
+        out, attn = _eager(x, weight, bias)
         return out, attn.to(x.dtype)
     out, attn, _, _ = _fused(x, weight, bias, backend)
     return out, attn.to(x.dtype)
