@@ -404,6 +404,19 @@ def test_cpp_saved_tensors_contract():
 
 
 @CPP
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d", "sliced"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels", [3, 8, 21, 64])
+def test_cpp_argmax_is_the_first_max_with_many_ties(layout, dtype, channels):
+    x, w, b = _inputs((2, channels, 3, 4, 5), k=3, dtype=dtype, layout=layout)
+    x.mul_(1.5).round_()  # in place (keeps the layout): a handful of integer values, ties everywhere
+    _, _, pooled, argmax = torch.ops.meranet.st_attention_fwd(x, w, b)
+    assert torch.equal(argmax.long(), x.argmax(1))  # torch.argmax returns the first maximal index
+    torch.testing.assert_close(pooled[:, 1], x.amax(1).float())
+    torch.testing.assert_close(pooled[:, 0], x.double().mean(1).float())
+
+
+@CPP
 def test_nan_propagates_like_amax():
     x, w, b = _inputs((1, 4, 2, 3, 3), k=3, dtype=torch.float32)
     x[0, 2, 1, 1, 1] = float("nan")

@@ -168,148 +168,8 @@ inline bool takes_max(acc_t v, acc_t best) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Pass over x: pooling (forward pass 1; also the float64 backward's recomputation)
-// ------------------------------------------------------------------------------------------------
-
-// pooled: acc_t [N, 2, S] (mean, max); argmax: int32 [N, S].
-template <typename scalar_t, bool UNIT>
-void pool_positions_inner(const Plan& pl, const Big<const scalar_t>& x,
-                          at::opmath_type<scalar_t>* pooled, int32_t* argmax) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t B = kBlockPositionsInner;
-  const int64_t C = pl.C, S = pl.S;
-  at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
-    acc_t sum[B], best[B];
-    int32_t idx[B];
-    for (int64_t u = u0; u < u1; ++u) {
-      const Unit un = unit_at(pl, u);
-      const int64_t len = un.len;
-      const int64_t xs = UNIT ? 1 : pos_stride(pl, x);
-      const scalar_t* xp = x.p + unit_offset(pl, x, un);
-      for (int64_t i = 0; i < len; ++i) {
-        const acc_t v = static_cast<acc_t>(xp[i * xs]);
-        sum[i] = v;
-        best[i] = v;
-        idx[i] = 0;
-      }
-      for (int64_t c = 1; c < C; ++c) {
-        const scalar_t* xc = xp + c * x.sc;
-        const int32_t ci = static_cast<int32_t>(c);
-        for (int64_t i = 0; i < len; ++i) {
-          const acc_t v = static_cast<acc_t>(xc[i * xs]);
-          sum[i] += v;
-          const bool take = takes_max(v, best[i]);
-          best[i] = take ? v : best[i];
-          idx[i] = take ? ci : idx[i];
-        }
-      }
-      acc_t* mean_out = pooled + un.n * 2 * S + un.pos;
-      acc_t* max_out = mean_out + S;
-      int32_t* idx_out = argmax + un.n * S + un.pos;
-      for (int64_t i = 0; i < len; ++i) {
-        mean_out[i] = sum[i] / static_cast<acc_t>(C);
-        max_out[i] = best[i];
-        idx_out[i] = idx[i];
-      }
-    }
-  });
-}
-
-// sum and max (NaN-propagating) of n values p[0], p[s], ..., in a fixed lane order.
-template <typename scalar_t, typename acc_t, bool UNIT>
-inline void sum_max_strided(const scalar_t* p, int64_t n, int64_t s, acc_t& sum, acc_t& best) {
-  if (UNIT) s = 1;
-  acc_t ls[kLanes], lm[kLanes];
-  const acc_t first = static_cast<acc_t>(p[0]);
-  for (int j = 0; j < kLanes; ++j) {
-    ls[j] = 0;
-    lm[j] = first;
-  }
-  int64_t c = 0;
-  for (; c + kLanes <= n; c += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const acc_t v = static_cast<acc_t>(p[(c + j) * s]);
-      ls[j] += v;
-      lm[j] = takes_max(v, lm[j]) ? v : lm[j];
-    }
-  }
-  for (; c < n; ++c) {
-    const acc_t v = static_cast<acc_t>(p[c * s]);
-    ls[0] += v;
-    lm[0] = takes_max(v, lm[0]) ? v : lm[0];
-  }
-  sum = ((ls[0] + ls[1]) + (ls[2] + ls[3])) + ((ls[4] + ls[5]) + (ls[6] + ls[7]));
-  best = lm[0];
-  for (int j = 1; j < kLanes; ++j) best = takes_max(lm[j], best) ? lm[j] : best;
-}
-
-// sum over n of a[i*sa] * b[i*sb], fixed lane order.
-template <typename sa_t, typename sb_t, typename acc_t, bool UNIT>
-inline acc_t dot_strided(const sa_t* a, int64_t sa, const sb_t* b, int64_t sb, int64_t n) {
-  if (UNIT) {
-    sa = 1;
-    sb = 1;
-  }
-  acc_t l[kLanes] = {};
-  int64_t c = 0;
-  for (; c + kLanes <= n; c += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      l[j] += static_cast<acc_t>(a[(c + j) * sa]) * static_cast<acc_t>(b[(c + j) * sb]);
-    }
-  }
-  for (; c < n; ++c) l[0] += static_cast<acc_t>(a[c * sa]) * static_cast<acc_t>(b[c * sb]);
-  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
-template <typename scalar_t, bool UNIT>
-void pool_channels_inner(const Plan& pl, const Big<const scalar_t>& x,
-                         at::opmath_type<scalar_t>* pooled, int32_t* argmax) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t C = pl.C, S = pl.S;
-  at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const Unit un = unit_at(pl, u);
-      const int64_t xs = pos_stride(pl, x);
-      const int64_t cs = UNIT ? 1 : x.sc;
-      const scalar_t* xp = x.p + unit_offset(pl, x, un);
-      acc_t* mean_out = pooled + un.n * 2 * S + un.pos;
-      acc_t* max_out = mean_out + S;
-      int32_t* idx_out = argmax + un.n * S + un.pos;
-      for (int64_t i = 0; i < un.len; ++i) {
-        const scalar_t* xr = xp + i * xs;
-        acc_t sum, best;
-        sum_max_strided<scalar_t, acc_t, UNIT>(xr, C, cs, sum, best);
-        // First channel holding the max (the first NaN when the max is NaN).
-        int32_t idx = 0;
-        if (best == best) {
-          while (static_cast<acc_t>(xr[idx * cs]) != best) ++idx;
-        } else {
-          while (static_cast<acc_t>(xr[idx * cs]) == static_cast<acc_t>(xr[idx * cs])) ++idx;
-        }
-        mean_out[i] = sum / static_cast<acc_t>(C);
-        max_out[i] = best;
-        idx_out[i] = idx;
-      }
-    }
-  });
-}
-
-template <typename scalar_t>
-void pool(const at::Tensor& x, at::opmath_type<scalar_t>* pooled, int32_t* argmax) {
-  Big<const scalar_t> xb = big_view<const scalar_t>(x);
-  const Plan pl = make_plan(x, xb);
-  with_bool(pl.unit, [&](auto unit) {
-    if (pl.chan_inner) {
-      pool_channels_inner<scalar_t, decltype(unit)::value>(pl, xb, pooled, argmax);
-    } else {
-      pool_positions_inner<scalar_t, decltype(unit)::value>(pl, xb, pooled, argmax);
-    }
-  });
-}
-
-// ------------------------------------------------------------------------------------------------
-// Small maps: the k^3 x 2 -> 1 conv and its transpose / weight gradient (st_attention_cpu_maps.h),
-// compiled for baseline x86-64 and for AVX2 + FMA, chosen at run time.
+// The kernels (st_attention_cpu_kernels.h), compiled for baseline x86-64 and for AVX2 + FMA; the
+// AVX2 copy is chosen at run time when the CPU has it.
 // ------------------------------------------------------------------------------------------------
 
 struct Geometry {
@@ -320,7 +180,7 @@ struct Geometry {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
 namespace maps_default {
-#include "st_attention_cpu_maps.h"
+#include "st_attention_cpu_kernels.h"
 }  // namespace maps_default
 #pragma GCC diagnostic pop
 
@@ -330,12 +190,12 @@ namespace maps_default {
 #pragma GCC target("avx2,fma")
 #pragma GCC optimize("fp-contract=fast")
 namespace maps_avx2 {
-#include "st_attention_cpu_maps.h"
+#include "st_attention_cpu_kernels.h"
 }  // namespace maps_avx2
 #pragma GCC pop_options
 #endif
 
-// AVX2 + FMA small-map kernels when the CPU has them, unless MERANET_CPU_ISA=default.
+// AVX2 + FMA kernels when the CPU has them, unless MERANET_CPU_ISA=default.
 bool use_avx2_maps() {
 #ifdef MERANET_HAVE_AVX2_MAPS
   static const bool cpu_has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -365,134 +225,11 @@ void with_kernel_size(int64_t k, F&& f) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Forward pass 3: out = x * A
-// ------------------------------------------------------------------------------------------------
-
-template <typename scalar_t, bool UNIT, bool CHAN_INNER>
-void scale(const Plan& pl, const Big<const scalar_t>& x, const Big<scalar_t>& out,
-           const at::opmath_type<scalar_t>* attn) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t C = pl.C, S = pl.S;
-  at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const Unit un = unit_at(pl, u);
-      const int64_t len = un.len;
-      const scalar_t* xp = x.p + unit_offset(pl, x, un);
-      scalar_t* op = out.p + unit_offset(pl, out, un);
-      const acc_t* a = attn + un.n * S + un.pos;
-      if (CHAN_INNER) {
-        const int64_t xc = UNIT ? 1 : x.sc, oc = UNIT ? 1 : out.sc;
-        const int64_t xs = pos_stride(pl, x), os = pos_stride(pl, out);
-        for (int64_t i = 0; i < len; ++i) {
-          const scalar_t* xr = xp + i * xs;
-          scalar_t* orow = op + i * os;
-          const acc_t ai = a[i];
-          for (int64_t c = 0; c < C; ++c) orow[c * oc] = static_cast<scalar_t>(static_cast<acc_t>(xr[c * xc]) * ai);
-        }
-      } else {
-        const int64_t xs = UNIT ? 1 : pos_stride(pl, x), os = UNIT ? 1 : pos_stride(pl, out);
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* xr = xp + c * x.sc;
-          scalar_t* orow = op + c * out.sc;
-          for (int64_t i = 0; i < len; ++i) orow[i * os] = static_cast<scalar_t>(static_cast<acc_t>(xr[i * xs]) * a[i]);
-        }
-      }
-    }
-  });
-}
-
-// ------------------------------------------------------------------------------------------------
-// Backward passes over x-sized tensors
-// ------------------------------------------------------------------------------------------------
-
-// ga [N, S] = sum_c g * x
-template <typename scalar_t, bool UNIT, bool CHAN_INNER>
-void attn_grad(const Plan& pl, const Big<const scalar_t>& g, const Big<const scalar_t>& x,
-               at::opmath_type<scalar_t>* ga) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t B = kBlockPositionsInner;
-  const int64_t C = pl.C, S = pl.S;
-  at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
-    acc_t acc[B];
-    for (int64_t u = u0; u < u1; ++u) {
-      const Unit un = unit_at(pl, u);
-      const int64_t len = un.len;
-      const scalar_t* gp = g.p + unit_offset(pl, g, un);
-      const scalar_t* xp = x.p + unit_offset(pl, x, un);
-      acc_t* out = ga + un.n * S + un.pos;
-      if (CHAN_INNER) {
-        const int64_t gs = pos_stride(pl, g), xs = pos_stride(pl, x);
-        for (int64_t i = 0; i < len; ++i) {
-          out[i] = dot_strided<scalar_t, scalar_t, acc_t, UNIT>(gp + i * gs, g.sc, xp + i * xs, x.sc, C);
-        }
-      } else {
-        const int64_t gs = UNIT ? 1 : pos_stride(pl, g), xs = UNIT ? 1 : pos_stride(pl, x);
-        for (int64_t i = 0; i < len; ++i) acc[i] = 0;
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* gr = gp + c * g.sc;
-          const scalar_t* xr = xp + c * x.sc;
-          for (int64_t i = 0; i < len; ++i) {
-            acc[i] += static_cast<acc_t>(gr[i * gs]) * static_cast<acc_t>(xr[i * xs]);
-          }
-        }
-        for (int64_t i = 0; i < len; ++i) out[i] = acc[i];
-      }
-    }
-  });
-}
-
-// gx = g * A + gP0 / C + gP1 * [c == argmax]   (gp holds gP0 / C and gP1)
-template <typename scalar_t, bool UNIT, bool CHAN_INNER>
-void input_grad(const Plan& pl, const Big<const scalar_t>& g, const Big<scalar_t>& gx,
-                const at::opmath_type<scalar_t>* attn, const at::opmath_type<scalar_t>* gp,
-                const int32_t* argmax) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t C = pl.C, S = pl.S;
-  at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const Unit un = unit_at(pl, u);
-      const int64_t len = un.len;
-      const scalar_t* gpp = g.p + unit_offset(pl, g, un);
-      scalar_t* op = gx.p + unit_offset(pl, gx, un);
-      const acc_t* a = attn + un.n * S + un.pos;
-      const acc_t* m0 = gp + un.n * 2 * S + un.pos;
-      const acc_t* m1 = m0 + S;
-      const int32_t* am = argmax + un.n * S + un.pos;
-      if (CHAN_INNER) {
-        const int64_t gc = UNIT ? 1 : g.sc, oc = UNIT ? 1 : gx.sc;
-        const int64_t gs = pos_stride(pl, g), os = pos_stride(pl, gx);
-        for (int64_t i = 0; i < len; ++i) {
-          const scalar_t* gr = gpp + i * gs;
-          scalar_t* orow = op + i * os;
-          const acc_t ai = a[i], mi = m0[i];
-          for (int64_t c = 0; c < C; ++c) {
-            orow[c * oc] = static_cast<scalar_t>(static_cast<acc_t>(gr[c * gc]) * ai + mi);
-          }
-          const int64_t c = am[i];
-          orow[c * oc] = static_cast<scalar_t>((static_cast<acc_t>(gr[c * gc]) * ai + mi) + m1[i]);
-        }
-      } else {
-        const int64_t gs = UNIT ? 1 : pos_stride(pl, g), os = UNIT ? 1 : pos_stride(pl, gx);
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* gr = gpp + c * g.sc;
-          scalar_t* orow = op + c * gx.sc;
-          const int32_t ci = static_cast<int32_t>(c);
-          for (int64_t i = 0; i < len; ++i) {
-            const acc_t v = static_cast<acc_t>(gr[i * gs]) * a[i] + m0[i];
-            orow[i * os] = static_cast<scalar_t>(am[i] == ci ? v + m1[i] : v);
-          }
-        }
-      }
-    }
-  });
-}
-
-// ------------------------------------------------------------------------------------------------
 // Operators
 // ------------------------------------------------------------------------------------------------
 
 // out / grad_x layout: channels_last_3d when x is (and is not also contiguous), contiguous otherwise.
-// Elements of `maps` zero-padded maps (st_attention_cpu_maps.h).
+// Elements of `maps` zero-padded maps (st_attention_cpu_kernels.h).
 int64_t pad_numel(const Geometry& g, int64_t maps) {
   return maps * maps_default::padded(g).map();
 }
@@ -542,7 +279,7 @@ StAttentionForward st_attention_fwd_cpu(const at::Tensor& x, const at::Tensor& w
     using acc_t = at::opmath_type<scalar_t>;
     acc_t* P = pooled_acc.data_ptr<acc_t>();
     acc_t* A = attn_acc.data_ptr<acc_t>();
-    pool<scalar_t>(x, P, argmax.data_ptr<int32_t>());
+    MERANET_MAPS(pool, scalar_t)(x, P, argmax.data_ptr<int32_t>());
     const acc_t b = has_bias ? bias->to(acc).item<acc_t>() : acc_t(0);
     at::Tensor padded_pooled = at::empty({pad_numel(geo, 2 * geo.N)}, pooled_acc.options());
     acc_t* Pp = padded_pooled.data_ptr<acc_t>();
@@ -557,7 +294,7 @@ StAttentionForward st_attention_fwd_cpu(const at::Tensor& x, const at::Tensor& w
     const Plan pl = make_plan(x, xb, ob);
     with_bool(pl.unit, [&](auto unit) {
       with_bool(pl.chan_inner, [&](auto ci) {
-        scale<scalar_t, decltype(unit)::value, decltype(ci)::value>(pl, xb, ob, A);
+        MERANET_MAPS(scale, scalar_t, decltype(unit)::value, decltype(ci)::value)(pl, xb, ob, A);
       });
     });
   });
@@ -601,7 +338,7 @@ StAttentionBackward st_attention_bwd_cpu(const at::Tensor& grad_out, const at::T
     const Plan p1 = make_plan(x, xb, gb);
     with_bool(p1.unit, [&](auto unit) {
       with_bool(p1.chan_inner, [&](auto ci) {
-        attn_grad<scalar_t, decltype(unit)::value, decltype(ci)::value>(p1, gb, xb, GL);
+        MERANET_MAPS(attn_grad, scalar_t, decltype(unit)::value, decltype(ci)::value)(p1, gb, xb, GL);
       });
     });
     // Small maps: gL (in place), grad_weight / grad_bias, gP.
@@ -634,7 +371,7 @@ StAttentionBackward st_attention_bwd_cpu(const at::Tensor& grad_out, const at::T
     const Plan p2 = make_plan(grad_x, ob, gb2);
     with_bool(p2.unit, [&](auto unit) {
       with_bool(p2.chan_inner, [&](auto ci) {
-        input_grad<scalar_t, decltype(unit)::value, decltype(ci)::value>(p2, gb2, ob, A, GP,
+        MERANET_MAPS(input_grad, scalar_t, decltype(unit)::value, decltype(ci)::value)(p2, gb2, ob, A, GP,
                                                                           argmax.data_ptr<int32_t>());
       });
     });

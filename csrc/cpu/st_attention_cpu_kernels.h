@@ -1,0 +1,589 @@
+// Kernels of the CPU spatio-temporal attention op.
+//  * Passes over x-sized tensors (pooling, scaling, the two backward passes) on the walk of a Plan.
+//  * Small maps: the k^3 x 2 -> 1 conv, its transpose and its weight gradient, on zero-padded maps
+//    (no bounds checks), register-blocked over kBlockW outputs.
+//
+// Included twice by st_attention_cpu.cpp: once in namespace maps_default (baseline x86-64) and once in
+// namespace maps_avx2 under `#pragma GCC target("avx2,fma")`; the caller picks one at run time. So this
+// file includes nothing and defines no include guard. It needs Geometry, Plan, Unit, Big and their helpers from the includer. The AVX2
+// copy is compiled with fp-contract=fast, so its multiply-adds become FMAs.
+//
+// Padded maps: [maps, Tp, Hp, Wp] with Tp = T + 2r, Hp = H + 2r, Wp = roundup(W, kBlockW) + 2r, the
+// map at (r, r, r); everything else is zero. A block of kBlockW outputs starting at w0 reads columns
+// w0 .. w0 + kBlockW - 1 + 2r, all inside the row.
+
+constexpr int kBlockW = 16;
+
+// 32-byte SIMD vectors (GCC vector extensions): ymm registers where AVX2 is compiled in, pairs of xmm
+// registers otherwise.
+template <typename T>
+struct Vec32;
+template <>
+struct Vec32<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct Vec32<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+template <>
+struct Vec32<int32_t> {
+  typedef int32_t type __attribute__((vector_size(32)));
+};
+template <typename T>
+using vec_t = typename Vec32<T>::type;
+template <typename T>
+constexpr int kLanesOf = 32 / sizeof(T);
+template <typename T>
+constexpr int kVecs = kBlockW / kLanesOf<T>;  // vectors per block of kBlockW outputs
+
+template <typename T>
+inline vec_t<T> loadu(const T* p) {
+  vec_t<T> v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void storeu(T* p, vec_t<T> v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+
+// exp(x) for float vectors (relative error ~1e-7 on the clamped range): x = n ln2 + f, |f| <= ln2 / 2,
+// exp(f) by its degree-7 Taylor polynomial (remainder < 6e-9 relative), 2^n from the exponent bits.
+inline vec_t<float> exp_vec(vec_t<float> x) {
+  using vf = vec_t<float>;
+  using vi = vec_t<int32_t>;
+  const vf lo = vf{} - 87.0f, hi = vf{} + 88.0f;
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const vf n = (x * 1.44269504088896341f + round_magic) - round_magic;
+  const vf f = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;  // ln2 split hi / lo
+  vf p = vf{} + 1.0f / 5040.0f;
+  p = p * f + 1.0f / 720.0f;
+  p = p * f + 1.0f / 120.0f;
+  p = p * f + 1.0f / 24.0f;
+  p = p * f + 1.0f / 6.0f;
+  p = p * f + 0.5f;
+  p = p * f + 1.0f;
+  p = p * f + 1.0f;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  return p * (vf)bits;  // GCC vector cast: reinterprets the bits
+}
+inline vec_t<double> exp_vec(vec_t<double> x) {
+  vec_t<double> y;
+  for (int j = 0; j < kLanesOf<double>; ++j) y[j] = std::exp(x[j]);
+  return y;
+}
+
+template <typename acc_t>
+inline vec_t<acc_t> sigmoid_vec(vec_t<acc_t> v) {
+  return acc_t(1) / (acc_t(1) + exp_vec(-v));
+}
+
+// kLanesOf<acc_t> consecutive elements of a scalar_t array, widened to the accumulation type.
+template <typename scalar_t>
+inline vec_t<at::opmath_type<scalar_t>> load_acc(const scalar_t* p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return loadu(p);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    typedef uint16_t u16x8 __attribute__((vector_size(16)));
+    u16x8 bits;
+    __builtin_memcpy(&bits, p, sizeof(bits));
+    const vec_t<int32_t> wide = __builtin_convertvector(bits, vec_t<int32_t>) << 16;
+    return (vec_t<float>)wide;  // bfloat16 is the high half of a float
+  } else {
+    vec_t<acc_t> v;
+    for (int j = 0; j < kLanesOf<acc_t>; ++j) v[j] = static_cast<acc_t>(p[j]);
+    return v;
+  }
+}
+
+// Vector (v > best) or (v is NaN and best is not): the lanes where v becomes the running max.
+template <typename V>
+inline auto takes_max_vec(V v, V best) {
+  return (v > best) | ((v != v) & (best == best));
+}
+
+struct Padded {
+  int64_t Tp, Hp, Wp;
+  int64_t map() const { return Tp * Hp * Wp; }
+};
+
+inline Padded padded(const Geometry& g) {
+  return {g.T + 2 * g.r, g.H + 2 * g.r, (g.W + kBlockW - 1) / kBlockW * kBlockW + 2 * g.r};
+}
+
+// dst [maps, Tp, Hp, Wp] = zero-padded src [maps, S]; writes every element of dst.
+template <typename acc_t>
+void pad_maps(const Geometry& g, const acc_t* src, int64_t maps, acc_t* dst) {
+  const Padded pd = padded(g);
+  const int64_t r = g.r;
+  at::parallel_for(0, maps * pd.Tp * pd.Hp, 64, [&](int64_t row0, int64_t row1) {
+    for (int64_t row = row0; row < row1; ++row) {
+      const int64_t m = row / (pd.Tp * pd.Hp), tp = (row / pd.Hp) % pd.Tp, hp = row % pd.Hp;
+      acc_t* d = dst + row * pd.Wp;
+      const int64_t t = tp - r, h = hp - r;
+      if (t < 0 || t >= g.T || h < 0 || h >= g.H) {
+        for (int64_t i = 0; i < pd.Wp; ++i) d[i] = 0;
+        continue;
+      }
+      const acc_t* s = src + m * g.S + (t * g.H + h) * g.W;
+      for (int64_t i = 0; i < r; ++i) d[i] = 0;
+      for (int64_t i = 0; i < g.W; ++i) d[r + i] = s[i];
+      for (int64_t i = r + g.W; i < pd.Wp; ++i) d[i] = 0;
+    }
+  });
+}
+
+// attn [N, S] = sigmoid(bias + sum_{ch, taps} w[ch, tap] * Pp[n, ch, position + tap]).
+template <typename acc_t, int K>
+void attn_from_pooled(const Geometry& g, const acc_t* Pp, const acc_t* w, acc_t bias, acc_t* attn) {
+  const Padded pd = padded(g);
+  const int64_t T = g.T, H = g.H, W = g.W;
+  at::parallel_for(0, g.N * T * H, 8, [&](int64_t row0, int64_t row1) {
+    for (int64_t row = row0; row < row1; ++row) {
+      const int64_t n = row / (T * H), t = (row / H) % T, h = row % H;
+      acc_t* out = attn + n * g.S + (t * H + h) * W;
+      for (int64_t w0 = 0; w0 < W; w0 += kBlockW) {
+        using V = vec_t<acc_t>;
+        constexpr int NV = kVecs<acc_t>, L = kLanesOf<acc_t>;
+        V acc[NV];
+        for (int v = 0; v < NV; ++v) acc[v] = V{} + bias;
+        for (int ch = 0; ch < 2; ++ch) {
+          for (int dt = 0; dt < K; ++dt) {
+            for (int dh = 0; dh < K; ++dh) {
+              const acc_t* prow = Pp + (((n * 2 + ch) * pd.Tp + t + dt) * pd.Hp + h + dh) * pd.Wp + w0;
+              const acc_t* wr = w + ((ch * K + dt) * K + dh) * K;
+              for (int dw = 0; dw < K; ++dw) {
+                const acc_t wv = wr[dw];
+                for (int v = 0; v < NV; ++v) acc[v] += wv * loadu(prow + dw + v * L);
+              }
+            }
+          }
+        }
+        acc_t res[kBlockW];
+        for (int v = 0; v < NV; ++v) storeu(res + v * L, sigmoid_vec<acc_t>(acc[v]));
+        const int64_t len = std::min<int64_t>(kBlockW, W - w0);
+        for (int64_t j = 0; j < len; ++j) out[w0 + j] = res[j];
+      }
+    }
+  });
+}
+
+// Per fixed chunk of `per_chunk` rows (n, t, h): writes gL = gA A (1 - A) into the interior of the
+// zero-filled padded map Gp [N, Tp, Hp, Wp], and adds to partial[chunk] (2 K^3 + 1 doubles):
+//   gw[ch, tap] = sum_q gL[q] * Pp[ch, q + tap]      and      gb = sum_q gL[q].
+template <typename acc_t, int K>
+void logit_and_weight_grad(const Geometry& g, const acc_t* gA, const acc_t* A, const acc_t* Pp, acc_t* Gp,
+                           int64_t per_chunk, int64_t chunks, double* partial) {
+  const Padded pd = padded(g);
+  const int64_t T = g.T, H = g.H, W = g.W, r = g.r;
+  const int64_t rows = g.N * T * H;
+  constexpr int64_t taps = 2 * K * K * K;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      double* part = partial + chunk * (taps + 1);
+      const int64_t row_begin = chunk * per_chunk, row_end = std::min(rows, row_begin + per_chunk);
+      auto grad_row = [&](int64_t row) {
+        const int64_t n = row / (T * H), t = (row / H) % T, h = row % H;
+        return Gp + ((n * pd.Tp + t + r) * pd.Hp + h + r) * pd.Wp + r;
+      };
+      for (int64_t row = row_begin; row < row_end; ++row) {
+        const int64_t n = row / (T * H), t = (row / H) % T, h = row % H;
+        const int64_t base = n * g.S + (t * H + h) * W;
+        acc_t* gr = grad_row(row);
+        acc_t sum = 0;
+        for (int64_t i = 0; i < W; ++i) {
+          const acc_t a = A[base + i];
+          const acc_t v = gA[base + i] * a * (acc_t(1) - a);
+          gr[i] = v;
+          sum += v;
+        }
+        part[taps] += static_cast<double>(sum);
+      }
+      for (int ch = 0; ch < 2; ++ch) {
+        for (int dt = 0; dt < K; ++dt) {
+          for (int dh = 0; dh < K; ++dh) {
+            using V = vec_t<acc_t>;
+            constexpr int NV = kVecs<acc_t>, L = kLanesOf<acc_t>;
+            V acc[K][NV] = {};
+            for (int64_t row = row_begin; row < row_end; ++row) {
+              const int64_t n = row / (T * H), t = (row / H) % T, h = row % H;
+              const acc_t* gr = grad_row(row);
+              const acc_t* pr = Pp + (((n * 2 + ch) * pd.Tp + t + dt) * pd.Hp + h + dh) * pd.Wp;
+              for (int64_t w0 = 0; w0 < W; w0 += kBlockW) {
+                V gv[NV];
+                for (int v = 0; v < NV; ++v) gv[v] = loadu(gr + w0 + v * L);  // zero beyond W (padding)
+                for (int dw = 0; dw < K; ++dw) {
+                  for (int v = 0; v < NV; ++v) acc[dw][v] += gv[v] * loadu(pr + w0 + dw + v * L);
+                }
+              }
+            }
+            double* out = part + ((ch * K + dt) * K + dh) * K;
+            for (int dw = 0; dw < K; ++dw) {
+              V sv = acc[dw][0];
+              for (int v = 1; v < NV; ++v) sv += acc[dw][v];
+              acc_t s = 0;
+              for (int j = 0; j < L; ++j) s += sv[j];
+              out[dw] += static_cast<double>(s);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// gP [N, 2, S]: gP[ch, q] = sum_taps w[ch, tap] gL[q - tap + r] = sum_taps wflip[ch, tap] Gp[q + tap];
+// the mean map's gradient is stored divided by C.
+template <typename acc_t, int K>
+void pooled_grad(const Geometry& g, const acc_t* Gp, const acc_t* wflip, int64_t C, acc_t* gP) {
+  const Padded pd = padded(g);
+  const int64_t T = g.T, H = g.H, W = g.W;
+  at::parallel_for(0, g.N * T * H, 8, [&](int64_t row0, int64_t row1) {
+    for (int64_t row = row0; row < row1; ++row) {
+      const int64_t n = row / (T * H), t = (row / H) % T, h = row % H;
+      acc_t* out0 = gP + n * 2 * g.S + (t * H + h) * W;
+      acc_t* out1 = out0 + g.S;
+      for (int64_t w0 = 0; w0 < W; w0 += kBlockW) {
+        using V = vec_t<acc_t>;
+        constexpr int NV = kVecs<acc_t>, L = kLanesOf<acc_t>;
+        V a0[NV] = {}, a1[NV] = {};
+        for (int dt = 0; dt < K; ++dt) {
+          for (int dh = 0; dh < K; ++dh) {
+            const acc_t* grow = Gp + ((n * pd.Tp + t + dt) * pd.Hp + h + dh) * pd.Wp + w0;
+            const acc_t* w0r = wflip + (dt * K + dh) * K;
+            const acc_t* w1r = w0r + K * K * K;
+            for (int dw = 0; dw < K; ++dw) {
+              const acc_t u0 = w0r[dw], u1 = w1r[dw];
+              for (int v = 0; v < NV; ++v) {
+                const V x = loadu(grow + dw + v * L);
+                a0[v] += u0 * x;
+                a1[v] += u1 * x;
+              }
+            }
+          }
+        }
+        acc_t r0[kBlockW], r1[kBlockW];
+        for (int v = 0; v < NV; ++v) {
+          storeu(r0 + v * L, a0[v] / static_cast<acc_t>(C));
+          storeu(r1 + v * L, a1[v]);
+        }
+        const int64_t len = std::min<int64_t>(kBlockW, W - w0);
+        for (int64_t j = 0; j < len; ++j) {
+          out0[w0 + j] = r0[j];
+          out1[w0 + j] = r1[j];
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// Pass over x: pooling (forward pass 1; also the float64 backward's recomputation)
+// ------------------------------------------------------------------------------------------------
+
+// pooled: acc_t [N, 2, S] (mean, max); argmax: int32 [N, S].
+template <typename scalar_t, bool UNIT>
+void pool_positions_inner(const Plan& pl, const Big<const scalar_t>& x,
+                          at::opmath_type<scalar_t>* pooled, int32_t* argmax) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t B = kBlockPositionsInner;
+  const int64_t C = pl.C, S = pl.S;
+  at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
+    acc_t sum[B], best[B];
+    int32_t idx[B];
+    for (int64_t u = u0; u < u1; ++u) {
+      const Unit un = unit_at(pl, u);
+      const int64_t len = un.len;
+      const int64_t xs = UNIT ? 1 : pos_stride(pl, x);
+      const scalar_t* xp = x.p + unit_offset(pl, x, un);
+      for (int64_t i = 0; i < len; ++i) {
+        const acc_t v = static_cast<acc_t>(xp[i * xs]);
+        sum[i] = v;
+        best[i] = v;
+        idx[i] = 0;
+      }
+      for (int64_t c = 1; c < C; ++c) {
+        const scalar_t* xc = xp + c * x.sc;
+        const int32_t ci = static_cast<int32_t>(c);
+        for (int64_t i = 0; i < len; ++i) {
+          const acc_t v = static_cast<acc_t>(xc[i * xs]);
+          sum[i] += v;
+          const bool take = takes_max(v, best[i]);
+          best[i] = take ? v : best[i];
+          idx[i] = take ? ci : idx[i];
+        }
+      }
+      acc_t* mean_out = pooled + un.n * 2 * S + un.pos;
+      acc_t* max_out = mean_out + S;
+      int32_t* idx_out = argmax + un.n * S + un.pos;
+      for (int64_t i = 0; i < len; ++i) {
+        mean_out[i] = sum[i] / static_cast<acc_t>(C);
+        max_out[i] = best[i];
+        idx_out[i] = idx[i];
+      }
+    }
+  });
+}
+
+// sum and max (NaN-propagating) of n values p[0], p[s], ..., in a fixed lane order.
+template <typename scalar_t, typename acc_t, bool UNIT>
+inline void sum_max_strided(const scalar_t* p, int64_t n, int64_t s, acc_t& sum, acc_t& best) {
+  if (UNIT) s = 1;
+  acc_t ls[kLanes], lm[kLanes];
+  const acc_t first = static_cast<acc_t>(p[0]);
+  for (int j = 0; j < kLanes; ++j) {
+    ls[j] = 0;
+    lm[j] = first;
+  }
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const acc_t v = static_cast<acc_t>(p[(c + j) * s]);
+      ls[j] += v;
+      lm[j] = takes_max(v, lm[j]) ? v : lm[j];
+    }
+  }
+  for (; c < n; ++c) {
+    const acc_t v = static_cast<acc_t>(p[c * s]);
+    ls[0] += v;
+    lm[0] = takes_max(v, lm[0]) ? v : lm[0];
+  }
+  sum = ((ls[0] + ls[1]) + (ls[2] + ls[3])) + ((ls[4] + ls[5]) + (ls[6] + ls[7]));
+  best = lm[0];
+  for (int j = 1; j < kLanes; ++j) best = takes_max(lm[j], best) ? lm[j] : best;
+}
+
+// sum over n of a[i*sa] * b[i*sb], fixed lane order.
+template <typename sa_t, typename sb_t, typename acc_t, bool UNIT>
+inline acc_t dot_strided(const sa_t* a, int64_t sa, const sb_t* b, int64_t sb, int64_t n) {
+  if (UNIT) {
+    sa = 1;
+    sb = 1;
+  }
+  acc_t l[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      l[j] += static_cast<acc_t>(a[(c + j) * sa]) * static_cast<acc_t>(b[(c + j) * sb]);
+    }
+  }
+  for (; c < n; ++c) l[0] += static_cast<acc_t>(a[c * sa]) * static_cast<acc_t>(b[c * sb]);
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+template <typename scalar_t, bool UNIT>
+void pool_channels_inner(const Plan& pl, const Big<const scalar_t>& x,
+                         at::opmath_type<scalar_t>* pooled, int32_t* argmax) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = pl.C, S = pl.S;
+  at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const Unit un = unit_at(pl, u);
+      const int64_t xs = pos_stride(pl, x);
+      const int64_t cs = UNIT ? 1 : x.sc;
+      const scalar_t* xp = x.p + unit_offset(pl, x, un);
+      acc_t* mean_out = pooled + un.n * 2 * S + un.pos;
+      acc_t* max_out = mean_out + S;
+      int32_t* idx_out = argmax + un.n * S + un.pos;
+      for (int64_t i = 0; i < un.len; ++i) {
+        const scalar_t* xr = xp + i * xs;
+        acc_t sum, best;
+        int32_t idx = 0;
+        constexpr int L = kLanesOf<acc_t>;
+        if (UNIT && C >= L) {
+          // Per lane: running sum, max and the first channel reaching it; then lanes combined in order.
+          using V = vec_t<acc_t>;
+          V vs = V{}, vm = load_acc(xr);
+          using ilanes = decltype(vm < vm);  // integer lanes as wide as acc_t
+          ilanes vi, ci;
+          for (int j = 0; j < L; ++j) {
+            vi[j] = j;
+            ci[j] = j;
+          }
+          vs = vm;
+          int64_t c = L;
+          for (; c + L <= C; c += L) {
+            const V v = load_acc(xr + c);
+            ci += L;
+            vs += v;
+            const auto take = takes_max_vec(v, vm);
+            vm = take ? v : vm;
+            vi = take ? ci : vi;
+          }
+          sum = vs[0];
+          for (int j = 1; j < L; ++j) sum += vs[j];
+          best = vm[0];
+          idx = static_cast<int32_t>(vi[0]);
+          for (int j = 1; j < L; ++j) {
+            // Strictly better, or equal (or both NaN) with a smaller channel index.
+            const bool same = (vm[j] == best) | ((vm[j] != vm[j]) & (best != best));
+            if (takes_max(vm[j], best) || (same && vi[j] < idx)) {
+              best = vm[j];
+              idx = static_cast<int32_t>(vi[j]);
+            }
+          }
+          for (; c < C; ++c) {  // channel tail, in order: later channels only win when strictly better
+            const acc_t v = static_cast<acc_t>(xr[c]);
+            sum += v;
+            if (takes_max(v, best)) {
+              best = v;
+              idx = static_cast<int32_t>(c);
+            }
+          }
+        } else {
+          sum_max_strided<scalar_t, acc_t, UNIT>(xr, C, cs, sum, best);
+          // First channel holding the max (the first NaN when the max is NaN).
+          if (best == best) {
+            while (static_cast<acc_t>(xr[idx * cs]) != best) ++idx;
+          } else {
+            while (static_cast<acc_t>(xr[idx * cs]) == static_cast<acc_t>(xr[idx * cs])) ++idx;
+          }
+        }
+        mean_out[i] = sum / static_cast<acc_t>(C);
+        max_out[i] = best;
+        idx_out[i] = idx;
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void pool(const at::Tensor& x, at::opmath_type<scalar_t>* pooled, int32_t* argmax) {
+  Big<const scalar_t> xb = big_view<const scalar_t>(x);
+  const Plan pl = make_plan(x, xb);
+  with_bool(pl.unit, [&](auto unit) {
+    if (pl.chan_inner) {
+      pool_channels_inner<scalar_t, decltype(unit)::value>(pl, xb, pooled, argmax);
+    } else {
+      pool_positions_inner<scalar_t, decltype(unit)::value>(pl, xb, pooled, argmax);
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// Forward pass 3: out = x * A
+// ------------------------------------------------------------------------------------------------
+
+template <typename scalar_t, bool UNIT, bool CHAN_INNER>
+void scale(const Plan& pl, const Big<const scalar_t>& x, const Big<scalar_t>& out,
+           const at::opmath_type<scalar_t>* attn) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = pl.C, S = pl.S;
+  at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const Unit un = unit_at(pl, u);
+      const int64_t len = un.len;
+      const scalar_t* xp = x.p + unit_offset(pl, x, un);
+      scalar_t* op = out.p + unit_offset(pl, out, un);
+      const acc_t* a = attn + un.n * S + un.pos;
+      if (CHAN_INNER) {
+        const int64_t xc = UNIT ? 1 : x.sc, oc = UNIT ? 1 : out.sc;
+        const int64_t xs = pos_stride(pl, x), os = pos_stride(pl, out);
+        for (int64_t i = 0; i < len; ++i) {
+          const scalar_t* xr = xp + i * xs;
+          scalar_t* orow = op + i * os;
+          const acc_t ai = a[i];
+          for (int64_t c = 0; c < C; ++c) orow[c * oc] = static_cast<scalar_t>(static_cast<acc_t>(xr[c * xc]) * ai);
+        }
+      } else {
+        const int64_t xs = UNIT ? 1 : pos_stride(pl, x), os = UNIT ? 1 : pos_stride(pl, out);
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = xp + c * x.sc;
+          scalar_t* orow = op + c * out.sc;
+          for (int64_t i = 0; i < len; ++i) orow[i * os] = static_cast<scalar_t>(static_cast<acc_t>(xr[i * xs]) * a[i]);
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backward passes over x-sized tensors
+// ------------------------------------------------------------------------------------------------
+
+// ga [N, S] = sum_c g * x
+template <typename scalar_t, bool UNIT, bool CHAN_INNER>
+void attn_grad(const Plan& pl, const Big<const scalar_t>& g, const Big<const scalar_t>& x,
+               at::opmath_type<scalar_t>* ga) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t B = kBlockPositionsInner;
+  const int64_t C = pl.C, S = pl.S;
+  at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
+    acc_t acc[B];
+    for (int64_t u = u0; u < u1; ++u) {
+      const Unit un = unit_at(pl, u);
+      const int64_t len = un.len;
+      const scalar_t* gp = g.p + unit_offset(pl, g, un);
+      const scalar_t* xp = x.p + unit_offset(pl, x, un);
+      acc_t* out = ga + un.n * S + un.pos;
+      if (CHAN_INNER) {
+        const int64_t gs = pos_stride(pl, g), xs = pos_stride(pl, x);
+        for (int64_t i = 0; i < len; ++i) {
+          out[i] = dot_strided<scalar_t, scalar_t, acc_t, UNIT>(gp + i * gs, g.sc, xp + i * xs, x.sc, C);
+        }
+      } else {
+        const int64_t gs = UNIT ? 1 : pos_stride(pl, g), xs = UNIT ? 1 : pos_stride(pl, x);
+        for (int64_t i = 0; i < len; ++i) acc[i] = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* gr = gp + c * g.sc;
+          const scalar_t* xr = xp + c * x.sc;
+          for (int64_t i = 0; i < len; ++i) {
+            acc[i] += static_cast<acc_t>(gr[i * gs]) * static_cast<acc_t>(xr[i * xs]);
+          }
+        }
+        for (int64_t i = 0; i < len; ++i) out[i] = acc[i];
+      }
+    }
+  });
+}
+
+// gx = g * A + gP0 / C + gP1 * [c == argmax]   (gp holds gP0 / C and gP1)
+template <typename scalar_t, bool UNIT, bool CHAN_INNER>
+void input_grad(const Plan& pl, const Big<const scalar_t>& g, const Big<scalar_t>& gx,
+                const at::opmath_type<scalar_t>* attn, const at::opmath_type<scalar_t>* gp,
+                const int32_t* argmax) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = pl.C, S = pl.S;
+  at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const Unit un = unit_at(pl, u);
+      const int64_t len = un.len;
+      const scalar_t* gpp = g.p + unit_offset(pl, g, un);
+      scalar_t* op = gx.p + unit_offset(pl, gx, un);
+      const acc_t* a = attn + un.n * S + un.pos;
+      const acc_t* m0 = gp + un.n * 2 * S + un.pos;
+      const acc_t* m1 = m0 + S;
+      const int32_t* am = argmax + un.n * S + un.pos;
+      if (CHAN_INNER) {
+        const int64_t gc = UNIT ? 1 : g.sc, oc = UNIT ? 1 : gx.sc;
+        const int64_t gs = pos_stride(pl, g), os = pos_stride(pl, gx);
+        for (int64_t i = 0; i < len; ++i) {
+          const scalar_t* gr = gpp + i * gs;
+          scalar_t* orow = op + i * os;
+          const acc_t ai = a[i], mi = m0[i];
+          for (int64_t c = 0; c < C; ++c) {
+            orow[c * oc] = static_cast<scalar_t>(static_cast<acc_t>(gr[c * gc]) * ai + mi);
+          }
+          const int64_t c = am[i];
+          orow[c * oc] = static_cast<scalar_t>((static_cast<acc_t>(gr[c * gc]) * ai + mi) + m1[i]);
+        }
+      } else {
+        const int64_t gs = UNIT ? 1 : pos_stride(pl, g), os = UNIT ? 1 : pos_stride(pl, gx);
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* gr = gpp + c * g.sc;
+          scalar_t* orow = op + c * gx.sc;
+          const int32_t ci = static_cast<int32_t>(c);
+          for (int64_t i = 0; i < len; ++i) {
+            const acc_t v = static_cast<acc_t>(gr[i * gs]) * a[i] + m0[i];
+            orow[i * os] = static_cast<scalar_t>(am[i] == ci ? v + m1[i] : v);
+          }
+        }
+      }
+    }
+  });
+}
+
