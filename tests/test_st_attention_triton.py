@@ -196,12 +196,12 @@ def _valid():
 
 
 BAD_FORWARD_INPUTS = [
-    (lambda x, w, b: (x[0], w, b), ValueError, "x must be 5-D"),
-    (lambda x, w, b: (x.long(), w, b), TypeError, "x must be float32"),
+    (lambda x, w, b: (x[0], w, b), ValueError, "x must be a 5-D tensor"),
+    (lambda x, w, b: (x.long(), w, b), TypeError, "x must be a floating-point tensor"),
     (lambda x, w, b: (x.double(), w.double(), b.double()), TypeError, "x must be float32"),
     (lambda x, w, b: (x[:, :0], w, b), ValueError, "x must have at least one channel"),
-    (lambda x, w, b: (x, w[:, :, :2, :2, :2], b), ValueError, "weight must have shape"),  # even k
-    (lambda x, w, b: (x, w.new_zeros(1, 2, 9, 9, 9), b), ValueError, "weight must have shape"),
+    (lambda x, w, b: (x, w[:, :, :2, :2, :2], b), ValueError, "kernel size k must be 3, 5 or 7"),  # even k
+    (lambda x, w, b: (x, w.new_zeros(1, 2, 9, 9, 9), b), ValueError, "kernel size k must be 3, 5 or 7"),
     (lambda x, w, b: (x, w.new_zeros(1, 2, 3, 5, 5), b), ValueError, "weight must have shape"),
     (lambda x, w, b: (x, w.new_zeros(2, 2, 3, 3, 3), b), ValueError, "weight must have shape"),
     (lambda x, w, b: (x, w.half(), b), TypeError, "weight dtype"),

@@ -42,11 +42,11 @@ from meranet_fast.ops.channel_attention import (
     shared_network,
     shared_network_backward,
 )
+from meranet_fast.ops._checks import KERNEL_SIZES as ST_KERNEL_SIZES
 from meranet_fast.ops.reference import ra_tail_reference
 
 __all__ = ["ra_tail", "check_ra_tail_inputs", "ST_KERNEL_SIZES"]
 
-ST_KERNEL_SIZES = (3, 5, 7)
 
 
 def check_ra_tail_inputs(op, y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias) -> None:

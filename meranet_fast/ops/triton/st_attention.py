@@ -27,13 +27,14 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from meranet_fast.ops._checks import check_st_attention_inputs as check_common_inputs
+
 __all__ = [
     "check_st_attention_inputs",
     "st_attention_fwd_triton",
     "st_attention_bwd_triton",
 ]
 
-KERNEL_SIZES = (3, 5, 7)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # The backward gather kernel writes one gw/gb partial row per program, so its BLOCK_S must not
@@ -45,36 +46,10 @@ _GATHER_BLOCK_S = 64
 # Input validation
 # --------------------------------------------------------------------------------------------
 def check_st_attention_inputs(x, weight, bias) -> None:
-    """Raise TypeError / ValueError naming the offending argument of the spatio-temporal attention op."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 5:
-        raise ValueError(f"x must be 5-D [N, C, T, H, W], got shape {tuple(x.shape)}")
+    """The shared checks (meranet_fast/ops/_checks.py), plus the dtypes these kernels take."""
+    check_common_inputs(x, weight, bias)
     if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
-    if x.shape[1] < 1:
-        raise ValueError(f"x must have at least one channel, got shape {tuple(x.shape)}")
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-    k = weight.shape[-1] if weight.dim() == 5 else None
-    if weight.dim() != 5 or tuple(weight.shape) != (1, 2, k, k, k) or k not in KERNEL_SIZES:
-        raise ValueError(
-            f"weight must have shape [1, 2, k, k, k] with k in {KERNEL_SIZES}, got {tuple(weight.shape)}"
-        )
-    if weight.dtype != x.dtype:
-        raise TypeError(f"weight dtype {weight.dtype} must match x dtype {x.dtype}")
-    if weight.device != x.device:
-        raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
-    if bias is None:
-        return
-    if not isinstance(bias, torch.Tensor):
-        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
-    if tuple(bias.shape) != (1,):
-        raise ValueError(f"bias must have shape [1], got {tuple(bias.shape)}")
-    if bias.dtype != x.dtype:
-        raise TypeError(f"bias dtype {bias.dtype} must match x dtype {x.dtype}")
-    if bias.device != x.device:
-        raise ValueError(f"bias is on {bias.device} but x is on {x.device}")
+        raise TypeError(f"st_attention (triton): x must be float32, float16 or bfloat16, got {x.dtype}")
 
 
 def _check_backward_inputs(grad_out, x, weight, attn, pooled, argmax) -> None:
