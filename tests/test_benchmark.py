@@ -185,6 +185,83 @@ def test_cli_rejects_bad_arguments():
         cli_main(["bench", "--op", "st_attention", "--shapes", "1x2x3x4"])
 
 
+# --- channel_attention and ra_tail specs ------------------------------------------------------------
+_NEW_OPS = {
+    # name: (number of y-sized tensor inputs, bytes factors forward/backward/full)
+    "channel_attention": (1, {"forward": 2, "backward": 3, "full": 5}),
+    "ra_tail": (2, {"forward": 3, "backward": 4, "full": 7}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_NEW_OPS))
+def test_new_spec_inputs_bytes_model_and_reference(name):
+    spec = get_spec(name)
+    n_big, factors = _NEW_OPS[name]
+    shape = (2, 40, 3, 4, 5)  # C = 40 -> hidden = 40 // 16 = 2
+    numel = 2 * 40 * 3 * 4 * 5
+    for pass_, factor in factors.items():
+        assert spec.bytes_moved(shape, 4, pass_) == factor * numel * 4
+        assert spec.bytes_model[pass_].startswith(f"{factor}*numel(y)")
+    inputs = spec.make_inputs(shape, torch.float64, torch.device("cpu"))
+    assert all(t.shape == shape for t in inputs[:n_big])
+    w_reduce, b_reduce, w_expand, b_expand = inputs[n_big:n_big + 4]
+    assert w_reduce.shape == (2, 40) and b_reduce.shape == (2,) and w_expand.shape == (40, 2) and b_expand.shape == (40,)
+    if name == "ra_tail":
+        assert inputs[6].shape == (1, 2, 5, 5, 5) and inputs[7].shape == (1,)
+        assert not torch.equal(inputs[0], inputs[1])  # y and shortcut differ
+    assert all(t.dtype == torch.float64 for t in inputs)
+    assert all(torch.equal(a, b) for a, b in zip(inputs, spec.make_inputs(shape, torch.float64, "cpu")))
+    tiny = spec.make_inputs((1, 3, 2, 2, 2), torch.float32, "cpu")
+    assert tiny[n_big].shape == (1, 3)  # hidden = max(1, C // 16)
+    with pytest.raises(ValueError, match="NxCxTxHxW"):
+        spec.check_shape((1, 2, 3, 4))
+    expected = spec.reference(*inputs)
+    assert isinstance(expected, torch.Tensor) and expected.shape == shape  # out, not (out, a)
+
+
+@pytest.mark.parametrize("name", sorted(_NEW_OPS))
+def test_new_spec_cli_runs_and_checks_every_impl_against_eager(name, tmp_path):
+    """The CLI on a tiny shape, 2 reps: every timed implementation passed the forward check vs eager."""
+    out_json = tmp_path / f"{name}.json"
+    rc = cli_main(["bench", "--op", name, "--shapes", "1x32x2x5x6", "--backends", "eager,cpp,cuda,triton",
+                   "--pass", "forward,backward,full", "--reps", "2", "--warmup", "0", "--json", str(out_json)])
+    assert rc == 0
+    res = json.loads(out_json.read_text())
+    assert res["op"] == name and res["config"]["reps"] == 2
+    rows = res["measurements"]
+    impls = {r["impl"] for r in rows}
+    assert {"eager", "copy"} <= impls
+    # cpp is timed when the extension is built, else skipped with the reason; cuda/triton need a GPU
+    assert ("cpp" in impls) != ("cpp" in res["skipped"])
+    assert res["skipped"].get("cuda") and res["skipped"].get("triton")
+    numel = 32 * 2 * 5 * 6
+    for r in rows:
+        assert r["n"] == 2
+        if r["impl"] == "copy":
+            continue
+        # the correctness gate ran: the forward error vs eager is recorded and within tolerance
+        assert r["max_abs_err_vs_eager"] is not None and r["max_abs_err_vs_eager"] <= 1e-4
+        assert r["bytes"] == _NEW_OPS[name][1][r["pass"]] * numel * 4
+    assert {(r["pass"]) for r in rows if r["impl"] == "eager"} == {"forward", "backward", "full"}
+
+
+@pytest.mark.parametrize("name", sorted(_NEW_OPS))
+def test_new_spec_wrong_fused_output_is_not_timed(name):
+    """A fused backend whose forward differs from eager is reported and left out, not timed."""
+    import dataclasses
+
+    spec = get_spec(name)
+
+    def wrong_fused(backend, device):
+        return lambda *args: spec.reference(*args) * 1.01 + 0.01
+
+    bad = dataclasses.replace(spec, fused=wrong_fused)
+    res = run_op_benchmark(bad, shapes=[(1, 16, 2, 3, 3)], backends=["eager", "cpp"], passes=["forward"],
+                           reps=2, warmup=0, log=lambda s: None)
+    assert "forward differs from eager" in res["skipped"]["cpp"]
+    assert {r["impl"] for r in res["measurements"]} == {"eager", "copy"}
+
+
 class _Sleepy(torch.autograd.Function):
     """Identity whose forward and backward sleep a known time: a probe for the profiler attribution."""
 

@@ -59,7 +59,8 @@ def _clip(text: str) -> tuple[int, int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--op", help="operator to benchmark (default: st_attention)")
+    what.add_argument("--op", help="operator to benchmark: st_attention, channel_attention or ra_tail "
+                      "(any registered spec; default: st_attention)")
     what.add_argument("--model", action="store_true",
                       help="benchmark whole models (training step and inference) instead of an operator")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default: cpu")

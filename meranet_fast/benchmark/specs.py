@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from meranet_fast.ops.reference import st_attention_reference
+from meranet_fast.ops.reference import channel_attention_reference, ra_tail_reference, st_attention_reference
 
 __all__ = [
     "PASSES",
@@ -131,16 +131,27 @@ def _st_attention_reference(x, weight, bias=None):
     return st_attention_reference(x, weight, bias)[0]
 
 
-def _st_attention_fused(backend: str, device: torch.device):
-    """``st_attention(x, w, b, backend=backend)`` from ``meranet_fast.ops.st_attention``, if it can run."""
+def _fused_op(module_name: str, attr: str, backend: str, device: torch.device,
+              status_module: str = "meranet_fast.ops.st_attention"):
+    """``module.attr`` (a public fused op taking ``backend=``) if ``backend`` can run on ``device``.
+
+    Whether a backend can run is asked of ``status_module.backend_status`` (the spatio-temporal
+    attention op layer answers for every fused op: ``channel_attention.resolve_backend`` asks it too);
+    raises :class:`BackendUnavailable` with the reason otherwise.
+    """
     try:
-        module = importlib.import_module("meranet_fast.ops.st_attention")
+        module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise BackendUnavailable(f"the fused op is not available (meranet_fast.ops.st_attention: {exc})")
-    op = getattr(module, "st_attention", None)
+        raise BackendUnavailable(f"the fused op is not available ({module_name}: {exc})")
+    op = getattr(module, attr, None)
     if op is None:
-        raise BackendUnavailable("meranet_fast.ops.st_attention defines no st_attention()")
+        raise BackendUnavailable(f"{module_name} defines no {attr}()")
     status = getattr(module, "backend_status", None)  # (can run, why) per backend and device
+    if status is None:
+        try:
+            status = getattr(importlib.import_module(status_module), "backend_status", None)
+        except ImportError:
+            status = None
     if status is not None:
         try:
             ok, why = status(backend, torch.device(device))
@@ -148,6 +159,12 @@ def _st_attention_fused(backend: str, device: torch.device):
             raise BackendUnavailable(str(exc)) from None
         if not ok:
             raise BackendUnavailable(why)
+    return op
+
+
+def _st_attention_fused(backend: str, device: torch.device):
+    """``st_attention(x, w, b, backend=backend)`` from ``meranet_fast.ops.st_attention``, if it can run."""
+    op = _fused_op("meranet_fast.ops.st_attention", "st_attention", backend, device)
 
     def fused(x, weight, bias=None):
         return _first(op(x, weight, bias, backend=backend))
@@ -176,5 +193,134 @@ register(OpBenchSpec(
         "forward": "2*numel(x)*itemsize (read x, write out)",
         "backward": "3*numel(x)*itemsize (read g and x, write gx)",
         "full": "5*numel(x)*itemsize (forward + backward)",
+    },
+))
+
+
+# ---------------------------------------------------------------------------------------------------
+# channel_attention: out = y * sigmoid(We relu(Ws avg_thw y) + We relu(Ws max_thw y)), per channel
+# ra_tail: relu(STA(CA(y)) + shortcut), the whole residual-attention block tail in one op
+# ---------------------------------------------------------------------------------------------------
+CA_REDUCTION = 16
+
+
+def _five_d_check_shape(op: str):
+    def check(shape) -> None:
+        if len(shape) != 5:
+            raise ValueError(f"{op} takes y of shape NxCxTxHxW, got {'x'.join(map(str, shape))}")
+    return check
+
+
+_channel_attention_check_shape = _five_d_check_shape("channel_attention")
+_ra_tail_check_shape = _five_d_check_shape("ra_tail")
+
+
+def _ca_weights(channels: int, gen: torch.Generator, reduction: int = CA_REDUCTION):
+    """``(w_reduce [C/r, C], b_reduce [C/r], w_expand [C, C/r], b_expand [C])``, hidden = max(1, C // r)."""
+    hidden = max(1, channels // reduction)
+    w_reduce = torch.randn(hidden, channels, generator=gen) / channels ** 0.5
+    b_reduce = torch.randn(hidden, generator=gen) * 0.1
+    w_expand = torch.randn(channels, hidden, generator=gen) / hidden ** 0.5
+    b_expand = torch.randn(channels, generator=gen) * 0.1
+    return w_reduce, b_reduce, w_expand, b_expand
+
+
+def _channel_attention_inputs(shape, dtype, device):
+    """``(y, w_reduce, b_reduce, w_expand, b_expand)``, C/r hidden with r = 16."""
+    _channel_attention_check_shape(shape)
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(shape, generator=gen)
+    return tuple(t.to(device=device, dtype=dtype) for t in (y, *_ca_weights(shape[1], gen)))
+
+
+def _channel_attention_reference(y, w_reduce, b_reduce, w_expand, b_expand):
+    return channel_attention_reference(y, w_reduce, b_reduce, w_expand, b_expand)[0]
+
+
+def _channel_attention_fused(backend: str, device: torch.device):
+    """``channel_attention(y, ..., backend=backend)`` from ``meranet_fast.ops.channel_attention``."""
+    op = _fused_op("meranet_fast.ops.channel_attention", "channel_attention", backend, device)
+
+    def fused(y, w_reduce, b_reduce, w_expand, b_expand):
+        return _first(op(y, w_reduce, b_reduce, w_expand, b_expand, backend=backend))
+
+    fused.__name__ = f"channel_attention_{backend}"
+    return fused
+
+
+def _channel_attention_bytes(shape, itemsize: int, pass_: str) -> int:
+    # forward reads y and writes out; backward reads g and y and writes gy. The pooled [N, C] vectors,
+    # the attention weights and the network weights are tiny and left out.
+    passes = {"forward": 2, "backward": 3, "full": 5}
+    return passes[pass_] * _numel(shape) * itemsize
+
+
+register(OpBenchSpec(
+    name="channel_attention",
+    description="channel attention y * sigmoid(We relu(Ws avg y) + We relu(Ws max y)), C/r hidden, r=16",
+    default_shapes=((8, 64, 16, 28, 28), (8, 128, 8, 14, 14)),
+    make_inputs=_channel_attention_inputs,
+    reference=_channel_attention_reference,
+    fused=_channel_attention_fused,
+    bytes_moved=_channel_attention_bytes,
+    check_shape=_channel_attention_check_shape,
+    bytes_model={
+        "forward": "2*numel(y)*itemsize (read y, write out)",
+        "backward": "3*numel(y)*itemsize (read g and y, write gy)",
+        "full": "5*numel(y)*itemsize (forward + backward)",
+    },
+))
+
+
+def _ra_tail_inputs(shape, dtype, device, kernel_size: int = ST_KERNEL_SIZE):
+    """``(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias)``: r = 16, k = 5."""
+    _ra_tail_check_shape(shape)
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(shape, generator=gen)
+    shortcut = torch.randn(shape, generator=gen)
+    ca = _ca_weights(shape[1], gen)
+    fan_in = 2 * kernel_size ** 3
+    st_weight = torch.randn(1, 2, kernel_size, kernel_size, kernel_size, generator=gen) / fan_in ** 0.5
+    st_bias = torch.randn(1, generator=gen) * 0.1
+    return tuple(t.to(device=device, dtype=dtype) for t in (y, shortcut, *ca, st_weight, st_bias))
+
+
+def _ra_tail_reference(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias):
+    return ra_tail_reference(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias)
+
+
+def _ra_tail_fused(backend: str, device: torch.device):
+    """``ra_tail(y, shortcut, ..., backend=backend)`` from ``meranet_fast.ops.ra_tail``."""
+    op = _fused_op("meranet_fast.ops.ra_tail", "ra_tail", backend, device)
+
+    def fused(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias):
+        return _first(op(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias,
+                         backend=backend))
+
+    fused.__name__ = f"ra_tail_{backend}"
+    return fused
+
+
+def _ra_tail_bytes(shape, itemsize: int, pass_: str) -> int:
+    # forward reads y and shortcut and writes out (3); backward reads g and y and writes gy and
+    # gshortcut (4; reading the saved out for the relu mask is not counted: an implementation could keep
+    # a 1-bit mask instead). Pooled maps, attention maps and weights are C (or THW) times smaller.
+    passes = {"forward": 3, "backward": 4, "full": 7}
+    return passes[pass_] * _numel(shape) * itemsize
+
+
+register(OpBenchSpec(
+    name="ra_tail",
+    description="residual-attention tail relu(STA(CA(y)) + shortcut), C/r hidden with r=16, STA k=5",
+    default_shapes=((8, 64, 16, 28, 28), (8, 128, 8, 14, 14)),
+    make_inputs=_ra_tail_inputs,
+    reference=_ra_tail_reference,
+    fused=_ra_tail_fused,
+    bytes_moved=_ra_tail_bytes,
+    check_shape=_ra_tail_check_shape,
+    bytes_model={
+        "forward": "3*numel(y)*itemsize (read y and shortcut, write out)",
+        "backward": "4*numel(y)*itemsize (read g and y, write gy and gshortcut; the saved out is not counted)",
+        "full": "7*numel(y)*itemsize (forward + backward)",
     },
 ))
