@@ -23,6 +23,14 @@
 
 namespace meranet {
 
+// Shared validation of the CPU and CUDA implementations (csrc/ra_tail_checks.cpp).
+void check_ra_attend_inputs(const at::Tensor& y, const at::Tensor& shortcut, const at::Tensor& scale,
+                            const at::Tensor& pooled, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias);
+void check_ra_attend_bwd_inputs(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& y,
+                                const at::Tensor& scale, const at::Tensor& attn, const at::Tensor& pooled,
+                                const at::Tensor& weight);
+
 std::tuple<at::Tensor, at::Tensor> ra_pool_cpu(const at::Tensor& y, const at::Tensor& scale);
 std::tuple<at::Tensor, at::Tensor> ra_attend_cpu(const at::Tensor& y, const at::Tensor& shortcut,
                                                  const at::Tensor& scale, const at::Tensor& pooled,

@@ -362,20 +362,6 @@ int64_t num_tiles(int64_t N, const Tiles& tl) {
   return tiles;
 }
 
-// The weight check of the CPU kernels (check_st_weight in csrc/cpu/ra_tail_cpu.cpp, file-local there):
-// same conditions, same messages.
-void check_ra_weight(const char* op, const at::Tensor& weight, const at::Tensor& y) {
-  TORCH_CHECK(weight.defined(), op, ": weight must be a defined tensor");
-  TORCH_CHECK(weight.dim() == 5 && weight.size(0) == 1 && weight.size(1) == 2 && weight.size(2) == weight.size(3) &&
-                  weight.size(3) == weight.size(4),
-              op, ": weight must have shape [1, 2, k, k, k], got ", weight.sizes());
-  const int64_t k = weight.size(2);
-  TORCH_CHECK(k == 3 || k == 5 || k == 7, op, ": weight kernel size k must be 3, 5 or 7, got ", k);
-  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), op, ": weight must be floating point, got ",
-              weight.scalar_type());
-  TORCH_CHECK(weight.device() == y.device(), op, ": weight is on ", weight.device(), " but y is on ", y.device());
-}
-
 // ---------------------------------------------------------------------------------------------
 // Operators
 // ---------------------------------------------------------------------------------------------
@@ -415,22 +401,11 @@ std::tuple<at::Tensor, at::Tensor> ra_pool_cuda(const at::Tensor& y_in, const at
 std::tuple<at::Tensor, at::Tensor> ra_attend_cuda(const at::Tensor& y_in, const at::Tensor& shortcut,
                                                   const at::Tensor& scale, const at::Tensor& pooled,
                                                   const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  const char* op = "ra_attend";
-  check_activation(op, "y", y_in);
-  check_on_cuda(op, "y", y_in);
-  check_same_activation(op, "shortcut", shortcut, y_in);
+  check_on_cuda("ra_attend", "y", y_in);
+  check_ra_attend_inputs(y_in, shortcut, scale, pooled, weight, bias);
   const auto acc = acc_scalar_type(y_in.scalar_type());
   const auto n = y_in.size(0), c = y_in.size(1), t = y_in.size(2), h = y_in.size(3), w = y_in.size(4);
-  check_small(op, "scale", scale, {n, c}, acc, y_in);
-  check_small(op, "pooled", pooled, {n, 2, t, h, w}, acc, y_in);
-  check_ra_weight(op, weight, y_in);
   const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 1 && at::isFloatingType(bias->scalar_type()), op,
-                ": bias must be a floating tensor of shape [1], got ", bias->scalar_type(), " ", bias->sizes());
-    TORCH_CHECK(bias->device() == y_in.device(), op, ": bias is on ", bias->device(), " but y is on ",
-                y_in.device());
-  }
   const c10::cuda::CUDAGuard guard(y_in.device());
   const auto fmt = dense_format(y_in);
   const auto y = y_in.contiguous(fmt);
@@ -468,17 +443,10 @@ std::tuple<at::Tensor, at::Tensor> ra_attend_cuda(const at::Tensor& y_in, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ra_attend_bwd_cuda(
     const at::Tensor& grad_out, const at::Tensor& out_in, const at::Tensor& y_in, const at::Tensor& scale,
     const at::Tensor& attn, const at::Tensor& pooled, const at::Tensor& weight) {
-  const char* op = "ra_attend_bwd";
-  check_activation(op, "y", y_in);
-  check_on_cuda(op, "y", y_in);
-  check_same_activation(op, "grad_out", grad_out, y_in);
-  check_same_activation(op, "out", out_in, y_in);
+  check_on_cuda("ra_attend_bwd", "y", y_in);
+  check_ra_attend_bwd_inputs(grad_out, out_in, y_in, scale, attn, pooled, weight);
   const auto acc = acc_scalar_type(y_in.scalar_type());
   const auto n = y_in.size(0), c = y_in.size(1), t = y_in.size(2), h = y_in.size(3), w = y_in.size(4);
-  check_small(op, "scale", scale, {n, c}, acc, y_in);
-  check_small(op, "attn", attn, {n, 1, t, h, w}, acc, y_in);
-  check_small(op, "pooled", pooled, {n, 2, t, h, w}, acc, y_in);
-  check_ra_weight(op, weight, y_in);
   const c10::cuda::CUDAGuard guard(y_in.device());
   const auto fmt = dense_format(y_in);
   const auto y = y_in.contiguous(fmt);
