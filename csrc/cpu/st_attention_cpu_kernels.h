@@ -309,6 +309,7 @@ void pool_positions_inner(const Plan& pl, const Big<const scalar_t>& x,
       for (int64_t c = 1; c < C; ++c) {
         const scalar_t* xc = xp + c * x.sc;
         const int32_t ci = static_cast<int32_t>(c);
+#pragma omp simd
         for (int64_t i = 0; i < len; ++i) {
           const acc_t v = static_cast<acc_t>(xc[i * xs]);
           sum[i] += v;
@@ -494,6 +495,7 @@ void scale(const Plan& pl, const Big<const scalar_t>& x, const Big<scalar_t>& ou
         for (int64_t c = 0; c < C; ++c) {
           const scalar_t* xr = xp + c * x.sc;
           scalar_t* orow = op + c * out.sc;
+#pragma omp simd
           for (int64_t i = 0; i < len; ++i) orow[i * os] = static_cast<scalar_t>(static_cast<acc_t>(xr[i * xs]) * a[i]);
         }
       }
@@ -531,6 +533,7 @@ void attn_grad(const Plan& pl, const Big<const scalar_t>& g, const Big<const sca
         for (int64_t c = 0; c < C; ++c) {
           const scalar_t* gr = gp + c * g.sc;
           const scalar_t* xr = xp + c * x.sc;
+#pragma omp simd
           for (int64_t i = 0; i < len; ++i) {
             acc[i] += static_cast<acc_t>(gr[i * gs]) * static_cast<acc_t>(xr[i * xs]);
           }
@@ -577,9 +580,10 @@ void input_grad(const Plan& pl, const Big<const scalar_t>& g, const Big<scalar_t
           const scalar_t* gr = gpp + c * g.sc;
           scalar_t* orow = op + c * gx.sc;
           const int32_t ci = static_cast<int32_t>(c);
+#pragma omp simd
           for (int64_t i = 0; i < len; ++i) {
-            const acc_t v = static_cast<acc_t>(gr[i * gs]) * a[i] + m0[i];
-            orow[i * os] = static_cast<scalar_t>(am[i] == ci ? v + m1[i] : v);
+            const acc_t peak = am[i] == ci ? m1[i] : acc_t(0);
+            orow[i * os] = static_cast<scalar_t>((static_cast<acc_t>(gr[i * gs]) * a[i] + m0[i]) + peak);
           }
         }
       }
