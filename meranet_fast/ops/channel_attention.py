@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from meranet_fast import _extension
-from meranet_fast.ops.st_attention import backend_status
+from meranet_fast.ops.st_attention import AUTO_ORDER, backend_status
 from meranet_fast.ops.reference import channel_attention_reference
 
 __all__ = [
@@ -50,16 +50,12 @@ __all__ = [
     "resolve_backend",
 ]
 
-#: ``"auto"``: C++ on CPU; on CUDA Triton, then CUDA C++ (see ``AUTO_ORDER``); ``"eager"`` when none
+#: ``"auto"``: C++ on CPU; on CUDA Triton, then CUDA C++ (``st_attention.AUTO_ORDER``); ``"eager"`` when none
 #: can run. ``"eager"``: the reference (``meranet_fast.ops.reference``). ``"cpp"``: the compiled CPU
 #: kernels. ``"cuda"``: the compiled CUDA kernels (csrc/cuda/channel_attention_cuda.cu, ra_tail_cuda.cu).
 #: ``"triton"``: the Triton kernels (a CUDA device, or CPU tensors under ``TRITON_INTERPRET=1``).
 BACKENDS = ("auto", "eager", "cpp", "cuda", "triton")
 
-#: What "auto" tries, in order, per device type. On CUDA, Triton comes first because its kernels are
-#: verified (under the interpreter, in CI) while the CUDA C++ kernels have only been compiled so far;
-#: revisit with the measurements of benchmarks/gpu_check.sh.
-AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("triton", "cuda")}
 
 
 # --------------------------------------------------------------------------------------------
