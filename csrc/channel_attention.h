@@ -42,6 +42,11 @@ void check_activation(const char* op, const char* name, const at::Tensor& x);
 void check_same_activation(const char* op, const char* name, const at::Tensor& t, const at::Tensor& y);
 void check_small(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape,
                  at::ScalarType dtype, const at::Tensor& y);
+// The optional spatio-temporal-attention maps of ca_scale_grad / ca_input_grad: all three or none,
+// validated against y; when given, A, gP and I receive contiguous versions and the result is true.
+bool sta_maps(const char* op, const at::Tensor& y, const std::optional<at::Tensor>& attn,
+              const std::optional<at::Tensor>& grad_pooled, const std::optional<at::Tensor>& sta_argmax,
+              at::Tensor& A, at::Tensor& gP, at::Tensor& I);
 
 // (avg, max, argmax)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ca_pool_cpu(const at::Tensor& y);

@@ -290,7 +290,9 @@ ActShape act_shape(const at::Tensor& y) {
   return {y.size(0), y.size(1), y.size(2) * y.size(3) * y.size(4)};
 }
 
-// Optional STA maps: all three or none; validated against y.
+}  // namespace
+
+// Optional STA maps: all three or none; validated against y (declared in channel_attention.h).
 bool sta_maps(const char* op, const at::Tensor& y, const std::optional<at::Tensor>& attn,
               const std::optional<at::Tensor>& grad_pooled, const std::optional<at::Tensor>& sta_argmax,
               at::Tensor& A, at::Tensor& gP, at::Tensor& I) {
@@ -310,8 +312,6 @@ bool sta_maps(const char* op, const at::Tensor& y, const std::optional<at::Tenso
   I = sta_argmax->contiguous();
   return true;
 }
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ca_pool_cpu(const at::Tensor& y_in) {
   check_activation("ca_pool", "y", y_in);

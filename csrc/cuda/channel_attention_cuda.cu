@@ -266,27 +266,6 @@ __global__ void input_grad_kernel(const scalar_t* __restrict__ g, const acc_t* _
   }
 }
 
-// Optional STA maps: all three or none (validated with the shared checks); contiguous copies.
-bool sta_maps(const char* op, const at::Tensor& y, const std::optional<at::Tensor>& attn,
-              const std::optional<at::Tensor>& grad_pooled, const std::optional<at::Tensor>& sta_argmax,
-              at::Tensor& A, at::Tensor& gP, at::Tensor& I) {
-  const bool has_a = attn.has_value() && attn->defined();
-  const bool has_p = grad_pooled.has_value() && grad_pooled->defined();
-  const bool has_i = sta_argmax.has_value() && sta_argmax->defined();
-  TORCH_CHECK(has_a == has_p && has_p == has_i, op,
-              ": attn, grad_pooled and sta_argmax must be given together or not at all");
-  if (!has_a) return false;
-  const auto n = y.size(0), t = y.size(2), h = y.size(3), w = y.size(4);
-  const auto acc = acc_scalar_type(y.scalar_type());
-  check_small(op, "attn", *attn, {n, 1, t, h, w}, acc, y);
-  check_small(op, "grad_pooled", *grad_pooled, {n, 2, t, h, w}, acc, y);
-  check_small(op, "sta_argmax", *sta_argmax, {n, t, h, w}, at::kInt, y);
-  A = attn->contiguous();
-  gP = grad_pooled->contiguous();
-  I = sta_argmax->contiguous();
-  return true;
-}
-
 template <typename acc_t>
 StaMaps<acc_t> maps_of(bool sta, const at::Tensor& A, const at::Tensor& gP, const at::Tensor& I) {
   StaMaps<acc_t> m;
