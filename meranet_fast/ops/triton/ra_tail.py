@@ -36,7 +36,13 @@ from meranet_fast.ops.triton.channel_attention import (
     position_grid,
     tunable,
 )
-from meranet_fast.ops.triton.st_attention import _program_positions, _tap_tile, _unflatten, _weight_row
+from meranet_fast.ops.triton.st_attention import (
+    _pooled_map_grads,
+    _program_positions,
+    _tap_tile,
+    _unflatten,
+    _weight_row,
+)
 
 __all__ = ["ra_pool_triton", "ra_attend_triton", "ra_attend_bwd_triton"]
 
@@ -132,24 +138,10 @@ def _ra_logit_grad_kernel(g_ptr, out_ptr, y_ptr, a_ptr, attn_ptr, gz_ptr, glogit
 @triton.jit
 def _ra_pooled_grad_kernel(glogit_ptr, pooled_ptr, w_ptr, gpooled_ptr, gw_part_ptr, gb_part_ptr, S, T, H, W,
                            K: tl.constexpr, KK: tl.constexpr, BLOCK_S: tl.constexpr):
-    # With L[p] = sum_o w[o] P[p + o - r], each tap o of gL read at q - (o - r) feeds
-    #   gP[q] = sum_o w[o] gL[q - o + r]   and   gw[o] = sum_q P[q] gL[q - o + r] (one partial row here).
     pid, n, s, smask = _program_positions(S, BLOCK_S)
-    t, h, w = _unflatten(s, H, W)
-    glogit_map = glogit_ptr + n * S
-    mean = tl.load(pooled_ptr + n * 2 * S + s, mask=smask, other=0.0)
-    peak = tl.load(pooled_ptr + n * 2 * S + S + s, mask=smask, other=0.0)
-    grad_mean = tl.zeros([BLOCK_S], dtype=tl.float32)
-    grad_peak = tl.zeros([BLOCK_S], dtype=tl.float32)
-    j = tl.arange(0, KK)
-    gw_row = gw_part_ptr + pid * (2 * K * KK)
-    for dt in tl.static_range(K):
-        taps = _tap_tile(glogit_map, t, h, w, smask, T, H, W, dt, -1, K, KK)
-        grad_mean += tl.sum(taps * _weight_row(w_ptr, 0, dt, K, KK)[None, :], axis=1)
-        grad_peak += tl.sum(taps * _weight_row(w_ptr, 1, dt, K, KK)[None, :], axis=1)
-        tl.store(gw_row + dt * KK + j, tl.sum(taps * mean[:, None], axis=0))
-        tl.store(gw_row + (K + dt) * KK + j, tl.sum(taps * peak[:, None], axis=0))
-    tl.store(gb_part_ptr + pid, tl.sum(tl.load(glogit_map + s, mask=smask, other=0.0), axis=0))
+    grad_mean, grad_peak = _pooled_map_grads(glogit_ptr + n * S, pooled_ptr + n * 2 * S, w_ptr,
+                                             gw_part_ptr + pid * (2 * K * KK), gb_part_ptr + pid,
+                                             s, smask, S, T, H, W, K, KK, BLOCK_S)
     tl.store(gpooled_ptr + n * 2 * S + s, grad_mean, mask=smask)
     tl.store(gpooled_ptr + n * 2 * S + S + s, grad_peak, mask=smask)
 

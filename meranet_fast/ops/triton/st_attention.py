@@ -219,6 +219,33 @@ def _logit_grad_kernel(
 
 
 @triton.jit
+def _pooled_map_grads(glogit_map, pooled_map, w_ptr, gw_row, gb_slot, s, smask, S, T, H, W,
+                      K: tl.constexpr, KK: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Backward of the k^3 conv over the pooled maps for one block of positions ``s`` of one sample.
+
+    Returns (gP_mean, gP_max) at ``s``, and stores this block's partial row of gw (2 k^3 values) at
+    ``gw_row`` and its partial sum of gb at ``gb_slot``. With L[p] = sum_o w[o] P[p + o - r], each tap o
+    of gL read at q - (o - r) feeds both
+      gP[q] = sum_o w[o] gL[q - o + r]      (transposed conv, reduced over the taps)
+      gw[o] = sum_q P[q] gL[q - o + r]      (reduced over this block's positions: one partial row)
+    """
+    t, h, w = _unflatten(s, H, W)
+    mean = tl.load(pooled_map + s, mask=smask, other=0.0)
+    peak = tl.load(pooled_map + S + s, mask=smask, other=0.0)
+    grad_mean = tl.zeros([BLOCK_S], dtype=tl.float32)
+    grad_peak = tl.zeros([BLOCK_S], dtype=tl.float32)
+    j = tl.arange(0, KK)
+    for dt in tl.static_range(K):
+        taps = _tap_tile(glogit_map, t, h, w, smask, T, H, W, dt, -1, K, KK)
+        grad_mean += tl.sum(taps * _weight_row(w_ptr, 0, dt, K, KK)[None, :], axis=1)
+        grad_peak += tl.sum(taps * _weight_row(w_ptr, 1, dt, K, KK)[None, :], axis=1)
+        tl.store(gw_row + dt * KK + j, tl.sum(taps * mean[:, None], axis=0))
+        tl.store(gw_row + (K + dt) * KK + j, tl.sum(taps * peak[:, None], axis=0))
+    tl.store(gb_slot, tl.sum(tl.load(glogit_map + s, mask=smask, other=0.0), axis=0))
+    return grad_mean, grad_peak
+
+
+@triton.jit
 def _input_grad_kernel(
     g_ptr, gx_ptr, glogit_ptr, attn_ptr, pooled_ptr, argmax_ptr, w_ptr, gw_part_ptr, gb_part_ptr,
     C, S, T, H, W,
@@ -228,24 +255,9 @@ def _input_grad_kernel(
     POS_DENSE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid, n, s, smask = _program_positions(S, BLOCK_S)
-    t, h, w = _unflatten(s, H, W)
-    glogit_map = glogit_ptr + n * S
-    mean = tl.load(pooled_ptr + n * 2 * S + s, mask=smask, other=0.0)
-    peak = tl.load(pooled_ptr + n * 2 * S + S + s, mask=smask, other=0.0)
-    # With L[p] = sum_o w[o] P[p + o - r], each tap o of gL read at q - (o - r) feeds both
-    #   gP[q] = sum_o w[o] gL[q - o + r]      (transposed conv, reduced over the taps)
-    #   gw[o] = sum_q P[q] gL[q - o + r]      (reduced over this block's positions: one partial row)
-    grad_mean = tl.zeros([BLOCK_S], dtype=tl.float32)
-    grad_peak = tl.zeros([BLOCK_S], dtype=tl.float32)
-    j = tl.arange(0, KK)
-    gw_row = gw_part_ptr + pid * (2 * K * KK)
-    for dt in tl.static_range(K):
-        taps = _tap_tile(glogit_map, t, h, w, smask, T, H, W, dt, -1, K, KK)
-        grad_mean += tl.sum(taps * _weight_row(w_ptr, 0, dt, K, KK)[None, :], axis=1)
-        grad_peak += tl.sum(taps * _weight_row(w_ptr, 1, dt, K, KK)[None, :], axis=1)
-        tl.store(gw_row + dt * KK + j, tl.sum(taps * mean[:, None], axis=0))
-        tl.store(gw_row + (K + dt) * KK + j, tl.sum(taps * peak[:, None], axis=0))
-    tl.store(gb_part_ptr + pid, tl.sum(tl.load(glogit_map + s, mask=smask, other=0.0), axis=0))
+    grad_mean, grad_peak = _pooled_map_grads(glogit_ptr + n * S, pooled_ptr + n * 2 * S, w_ptr,
+                                             gw_part_ptr + pid * (2 * K * KK), gb_part_ptr + pid,
+                                             s, smask, S, T, H, W, K, KK, BLOCK_S)
 
     # gx = g * A + gP_mean / C + gP_max * [c == argmax]
     grad_mean = grad_mean / C
