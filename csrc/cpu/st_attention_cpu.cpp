@@ -36,12 +36,11 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
 
+#include "isa.h"
 #include "st_attention.h"
 
 namespace meranet {
@@ -180,38 +179,22 @@ struct Geometry {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
 namespace maps_default {
+#include "simd.h"
 #include "st_attention_cpu_kernels.h"
 }  // namespace maps_default
-#pragma GCC diagnostic pop
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define MERANET_HAVE_AVX2_MAPS 1
+#ifdef MERANET_CPU_HAVE_AVX2
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #pragma GCC optimize("fp-contract=fast")
 namespace maps_avx2 {
+#include "simd.h"
 #include "st_attention_cpu_kernels.h"
 }  // namespace maps_avx2
 #pragma GCC pop_options
 #endif
+#pragma GCC diagnostic pop
 
-// AVX2 + FMA kernels when the CPU has them, unless MERANET_CPU_ISA=default.
-bool use_avx2_maps() {
-#ifdef MERANET_HAVE_AVX2_MAPS
-  static const bool cpu_has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const char* isa = std::getenv("MERANET_CPU_ISA");
-  return cpu_has && !(isa != nullptr && std::string(isa) == "default");
-#else
-  return false;
-#endif
-}
-
-#ifdef MERANET_HAVE_AVX2_MAPS
-#define MERANET_MAPS(fn, ...) \
-  (use_avx2_maps() ? maps_avx2::fn<__VA_ARGS__> : maps_default::fn<__VA_ARGS__>)
-#else
-#define MERANET_MAPS(fn, ...) maps_default::fn<__VA_ARGS__>
-#endif
+#define MERANET_MAPS(fn, ...) MERANET_ISA_PICK(maps, fn, __VA_ARGS__)
 
 // Calls f(std::integral_constant<int, k>{}) for k in {3, 5, 7}.
 template <typename F>
