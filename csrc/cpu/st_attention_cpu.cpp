@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "pooled_attention_cpu.h"
 #include "st_attention.h"
 
 namespace meranet {
@@ -175,8 +176,8 @@ struct Geometry {
   int64_t N, T, H, W, S, k, r;
 };
 
-// -Wpsabi: the 32-byte vector helpers are internal and inlined, so no ABI is crossed.
-#pragma GCC diagnostic push
+// -Wpsabi (for the rest of the file, where the templates are instantiated): the 32-byte vector
+// helpers are internal and inlined, so no ABI is crossed.
 #pragma GCC diagnostic ignored "-Wpsabi"
 namespace maps_default {
 #include "simd.h"
@@ -192,7 +193,6 @@ namespace maps_avx2 {
 }  // namespace maps_avx2
 #pragma GCC pop_options
 #endif
-#pragma GCC diagnostic pop
 
 #define MERANET_MAPS(fn, ...) MERANET_ISA_PICK(maps, fn, __VA_ARGS__)
 
@@ -239,53 +239,110 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& weight) {
   return g;
 }
 
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+// The small-map part (csrc/cpu/pooled_attention_cpu.h), shared with the ra_tail operators
+// ------------------------------------------------------------------------------------------------
+
+at::Tensor pooled_attention_cpu(const at::Tensor& pooled, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias) {
+  const Geometry geo = geometry(pooled, weight);
+  const at::Tensor P = pooled.contiguous();
+  at::Tensor attn = at::empty({geo.N, 1, geo.T, geo.H, geo.W}, P.options());
+  if (attn.numel() == 0) return attn;
+  const at::Tensor w_acc = weight.to(P.scalar_type()).contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "pooled_attention_cpu", [&] {
+    const scalar_t b = has_bias ? bias->to(P.scalar_type()).item<scalar_t>() : scalar_t(0);
+    at::Tensor padded_pooled = at::empty({pad_numel(geo, 2 * geo.N)}, P.options());
+    scalar_t* Pp = padded_pooled.data_ptr<scalar_t>();
+    with_kernel_size(geo.k, [&](auto kc) {
+      constexpr int K = decltype(kc)::value;
+      MERANET_MAPS(pad_maps, scalar_t)(geo, P.data_ptr<scalar_t>(), 2 * geo.N, Pp);
+      MERANET_MAPS(attn_from_pooled, scalar_t, K)(geo, Pp, w_acc.data_ptr<scalar_t>(), b, attn.data_ptr<scalar_t>());
+    });
+  });
+  return attn;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pooled_attention_backward_cpu(const at::Tensor& grad_attn,
+                                                                             const at::Tensor& attn,
+                                                                             const at::Tensor& pooled,
+                                                                             const at::Tensor& weight,
+                                                                             int64_t mean_divisor) {
+  const Geometry geo = geometry(pooled, weight);
+  const at::ScalarType acc = pooled.scalar_type();
+  const at::Tensor P = pooled.contiguous(), A = attn.to(acc).contiguous(), GA = grad_attn.to(acc).contiguous();
+  at::Tensor grad_pooled = at::empty({geo.N, 2, geo.T, geo.H, geo.W}, P.options());
+  const int64_t taps = 2 * geo.k * geo.k * geo.k;
+  if (grad_pooled.numel() == 0) {
+    return {grad_pooled, at::zeros(weight.sizes(), weight.options()), at::zeros({1}, weight.options())};
+  }
+  const at::Tensor w_acc = weight.to(acc).contiguous();
+  // Fixed chunking of the rows (a function of the shape only): at most 256 partial sums, added in
+  // order in double, so the weight gradient does not depend on the thread count.
+  const int64_t rows = geo.N * geo.T * geo.H;
+  const int64_t per_chunk = std::max<int64_t>(1, (rows + 255) / 256);
+  const int64_t chunks = (rows + per_chunk - 1) / per_chunk;
+  std::vector<double> partial(chunks * (taps + 1), 0.0);
+  // Weights flipped in (t, h, w): the transposed conv is a correlation with them.
+  const at::Tensor w_flip = w_acc.flip({2, 3, 4}).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(acc, "pooled_attention_backward_cpu", [&] {
+    at::Tensor padded_pooled = at::empty({pad_numel(geo, 2 * geo.N)}, P.options());
+    at::Tensor padded_gl = at::zeros({pad_numel(geo, geo.N)}, P.options());
+    scalar_t* Pp = padded_pooled.data_ptr<scalar_t>();
+    scalar_t* Gp = padded_gl.data_ptr<scalar_t>();
+    with_kernel_size(geo.k, [&](auto kc) {
+      constexpr int K = decltype(kc)::value;
+      MERANET_MAPS(pad_maps, scalar_t)(geo, P.data_ptr<scalar_t>(), 2 * geo.N, Pp);
+      MERANET_MAPS(logit_and_weight_grad, scalar_t, K)(geo, GA.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), Pp, Gp,
+                                                       per_chunk, chunks, partial.data());
+      MERANET_MAPS(pooled_grad, scalar_t, K)(geo, Gp, w_flip.data_ptr<scalar_t>(), mean_divisor,
+                                             grad_pooled.data_ptr<scalar_t>());
+    });
+  });
+  at::Tensor sums = at::zeros({taps + 1}, weight.options().dtype(at::kDouble));
+  double* total = sums.data_ptr<double>();
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    for (int64_t j = 0; j <= taps; ++j) total[j] += partial[chunk * (taps + 1) + j];
+  }
+  // Copies (copy=true): outputs of an operator must not alias each other or `sums`.
+  at::Tensor grad_weight = sums.narrow(0, 0, taps).view(weight.sizes()).to(weight.scalar_type(), false, true);
+  at::Tensor grad_bias = sums.narrow(0, taps, 1).to(weight.scalar_type(), false, true);
+  return {grad_pooled, grad_weight, grad_bias};
+}
+
+namespace {
+
 StAttentionForward st_attention_fwd_cpu(const at::Tensor& x, const at::Tensor& weight,
                                         const std::optional<at::Tensor>& bias) {
   check_st_attention_forward_inputs(x, weight, bias);
   const int64_t N = x.size(0), T = x.size(2), H = x.size(3), W = x.size(4);
   at::Tensor out = empty_like_layout(x);
   const auto f32 = x.options().dtype(at::kFloat);
-  at::Tensor attn = at::empty({N, 1, T, H, W}, f32);
-  at::Tensor pooled = at::empty({N, 2, T, H, W}, f32);
   at::Tensor argmax = at::empty({N, T, H, W}, x.options().dtype(at::kInt));
-  if (x.numel() == 0) return {out, attn, pooled, argmax};
-
-  const Geometry geo = geometry(x, weight);
+  if (x.numel() == 0) {
+    return {out, at::empty({N, 1, T, H, W}, f32), at::empty({N, 2, T, H, W}, f32), argmax};
+  }
+  // Pooled maps and attention in the accumulation type (float64 for float64 x); saved as float32.
   const at::ScalarType acc = acc_dtype(x.scalar_type());
-  const at::Tensor w_acc = weight.to(acc).contiguous();
-  const bool has_bias = bias.has_value() && bias->defined();
-  // In the accumulation type: pooled / attn themselves for float, double buffers for float64.
-  at::Tensor pooled_acc = acc == at::kFloat ? pooled : at::empty_like(pooled, pooled.options().dtype(acc));
-  at::Tensor attn_acc = acc == at::kFloat ? attn : at::empty_like(attn, attn.options().dtype(acc));
-
+  at::Tensor pooled = at::empty({N, 2, T, H, W}, x.options().dtype(acc));
+  at::Tensor attn;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "st_attention_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    acc_t* P = pooled_acc.data_ptr<acc_t>();
-    acc_t* A = attn_acc.data_ptr<acc_t>();
-    MERANET_MAPS(pool, scalar_t)(x, P, argmax.data_ptr<int32_t>());
-    const acc_t b = has_bias ? bias->to(acc).item<acc_t>() : acc_t(0);
-    at::Tensor padded_pooled = at::empty({pad_numel(geo, 2 * geo.N)}, pooled_acc.options());
-    acc_t* Pp = padded_pooled.data_ptr<acc_t>();
-    with_kernel_size(geo.k, [&](auto kc) {
-      constexpr int K = decltype(kc)::value;
-      MERANET_MAPS(pad_maps, acc_t)(geo, P, 2 * geo.N, Pp);
-      MERANET_MAPS(attn_from_pooled, acc_t, K)(geo, Pp, w_acc.data_ptr<acc_t>(), b, A);
-    });
-
+    MERANET_MAPS(pool, scalar_t)(x, pooled.data_ptr<acc_t>(), argmax.data_ptr<int32_t>());
+    attn = pooled_attention_cpu(pooled, weight, bias);
     Big<const scalar_t> xb = big_view<const scalar_t>(x);
     Big<scalar_t> ob = big_view<scalar_t>(out);
     const Plan pl = make_plan(x, xb, ob);
     with_bool(pl.unit, [&](auto unit) {
       with_bool(pl.chan_inner, [&](auto ci) {
-        MERANET_MAPS(scale, scalar_t, decltype(unit)::value, decltype(ci)::value)(pl, xb, ob, A);
+        MERANET_MAPS(scale, scalar_t, decltype(unit)::value, decltype(ci)::value)(pl, xb, ob, attn.data_ptr<acc_t>());
       });
     });
   });
-  if (acc != at::kFloat) {
-    pooled.copy_(pooled_acc);
-    attn.copy_(attn_acc);
-  }
-  return {out, attn, pooled, argmax};
+  return {out, attn.to(at::kFloat), pooled.to(at::kFloat), argmax};
 }
 
 StAttentionBackward st_attention_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x,
@@ -296,74 +353,40 @@ StAttentionBackward st_attention_bwd_cpu(const at::Tensor& grad_out, const at::T
   if (x.numel() == 0) {
     return {grad_x, at::zeros(weight.sizes(), weight.options()), at::zeros({1}, weight.options())};
   }
-  const Geometry geo = geometry(x, weight);
+  const int64_t N = x.size(0), C = x.size(1), S = x.size(2) * x.size(3) * x.size(4);
   const at::ScalarType acc = acc_dtype(x.scalar_type());
-  const int64_t C = x.size(1);
-  const at::Tensor w_acc = weight.to(acc).contiguous();
   const at::Tensor argmax = argmax_in.contiguous();
   // Saved maps in the accumulation type (float64: widened copies of the float32 maps).
   const at::Tensor attn = attn_in.to(acc).contiguous();
   const at::Tensor pooled = pooled_in.to(acc).contiguous();
-  at::Tensor gl = at::empty({geo.N, geo.S}, x.options().dtype(acc));
-  at::Tensor gp = at::empty({geo.N, 2, geo.S}, x.options().dtype(acc));
-  std::vector<double> wb;
+  at::Tensor grad_attn = at::empty({N, S}, x.options().dtype(acc));
+  at::Tensor grad_pooled, grad_weight, grad_bias;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "st_attention_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t* P = pooled.data_ptr<acc_t>();
-    const acc_t* A = attn.data_ptr<acc_t>();
-    acc_t* GL = gl.data_ptr<acc_t>();
-    acc_t* GP = gp.data_ptr<acc_t>();
-
     // Pass 1 (reads g and x): gA.
     Big<const scalar_t> xb = big_view<const scalar_t>(x);
     Big<const scalar_t> gb = big_view<const scalar_t>(grad_out);
     const Plan p1 = make_plan(x, xb, gb);
     with_bool(p1.unit, [&](auto unit) {
       with_bool(p1.chan_inner, [&](auto ci) {
-        MERANET_MAPS(attn_grad, scalar_t, decltype(unit)::value, decltype(ci)::value)(p1, gb, xb, GL);
+        MERANET_MAPS(attn_grad, scalar_t, decltype(unit)::value, decltype(ci)::value)(p1, gb, xb,
+                                                                                     grad_attn.data_ptr<acc_t>());
       });
     });
-    // Small maps: gL (in place), grad_weight / grad_bias, gP.
-    at::Tensor padded_pooled = at::empty({pad_numel(geo, 2 * geo.N)}, pooled.options());
-    at::Tensor padded_gl = at::zeros({pad_numel(geo, geo.N)}, pooled.options());
-    acc_t* Pp = padded_pooled.data_ptr<acc_t>();
-    acc_t* Gp = padded_gl.data_ptr<acc_t>();
-    // Fixed chunking of the rows (a function of the shape only): at most 256 partial sums.
-    const int64_t rows = geo.N * geo.T * geo.H;
-    const int64_t per_chunk = std::max<int64_t>(1, (rows + 255) / 256);
-    const int64_t chunks = (rows + per_chunk - 1) / per_chunk;
-    const int64_t taps = 2 * geo.k * geo.k * geo.k;
-    std::vector<double> partial(chunks * (taps + 1), 0.0);
-    // Weights flipped in (t, h, w): the transposed conv is a correlation with them.
-    const at::Tensor w_flip = w_acc.flip({2, 3, 4}).contiguous();
-    with_kernel_size(geo.k, [&](auto kc) {
-      constexpr int K = decltype(kc)::value;
-      MERANET_MAPS(pad_maps, acc_t)(geo, P, 2 * geo.N, Pp);
-      MERANET_MAPS(logit_and_weight_grad, acc_t, K)(geo, GL, A, Pp, Gp, per_chunk, chunks, partial.data());
-      MERANET_MAPS(pooled_grad, acc_t, K)(geo, Gp, w_flip.data_ptr<acc_t>(), C, GP);
-    });
-    wb.assign(taps + 1, 0.0);
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      for (int64_t j = 0; j <= taps; ++j) wb[j] += partial[chunk * (taps + 1) + j];
-    }
-
+    // Small maps: grad_weight / grad_bias and gP (the mean map's gradient divided by C).
+    std::tie(grad_pooled, grad_weight, grad_bias) = pooled_attention_backward_cpu(grad_attn, attn, pooled, weight, C);
     // Pass 2 (reads g, writes gx).
     Big<scalar_t> ob = big_view<scalar_t>(grad_x);
     Big<const scalar_t> gb2 = big_view<const scalar_t>(grad_out);
     const Plan p2 = make_plan(grad_x, ob, gb2);
     with_bool(p2.unit, [&](auto unit) {
       with_bool(p2.chan_inner, [&](auto ci) {
-        MERANET_MAPS(input_grad, scalar_t, decltype(unit)::value, decltype(ci)::value)(p2, gb2, ob, A, GP,
-                                                                          argmax.data_ptr<int32_t>());
+        MERANET_MAPS(input_grad, scalar_t, decltype(unit)::value, decltype(ci)::value)(
+            p2, gb2, ob, attn.data_ptr<acc_t>(), grad_pooled.data_ptr<acc_t>(), argmax.data_ptr<int32_t>());
       });
     });
   });
-  const int64_t taps = static_cast<int64_t>(wb.size()) - 1;
-  at::Tensor gw64 = at::empty({taps}, weight.options().dtype(at::kDouble));
-  std::copy(wb.begin(), wb.begin() + taps, gw64.data_ptr<double>());
-  at::Tensor grad_weight = gw64.view(weight.sizes()).to(weight.scalar_type());
-  at::Tensor grad_bias = at::full({1}, wb[taps], weight.options().dtype(at::kDouble)).to(weight.scalar_type());
   return {grad_x, grad_weight, grad_bias};
 }
 
