@@ -22,6 +22,10 @@ template <>
 struct Vec32<int32_t> {
   typedef int32_t type __attribute__((vector_size(32)));
 };
+template <>
+struct Vec32<int64_t> {
+  typedef int64_t type __attribute__((vector_size(32)));
+};
 template <typename T>
 using vec_t = typename Vec32<T>::type;
 template <typename T>
@@ -90,7 +94,14 @@ inline vec_t<at::opmath_type<scalar_t>> load_acc(const scalar_t* p) {
   }
 }
 
-// Vector (v > best) or (v is NaN and best is not): the lanes where v becomes the running max.
+// (v > best) or (v is NaN and best is not): v becomes the running max. A NaN wins over any number
+// (torch.amax propagates NaN); of equal values the first is kept.
+template <typename acc_t>
+inline bool takes_max(acc_t v, acc_t best) {
+  return (v > best) | ((v != v) & (best == best));
+}
+
+// Vector takes_max: the lanes where v becomes the running max.
 template <typename V>
 inline auto takes_max_vec(V v, V best) {
   return (v > best) | ((v != v) & (best == best));

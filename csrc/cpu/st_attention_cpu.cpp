@@ -161,12 +161,6 @@ void with_bool(bool b, F&& f) {
   }
 }
 
-template <typename acc_t>
-inline bool takes_max(acc_t v, acc_t best) {
-  // A NaN wins over any number (torch.amax propagates NaN); the first of equal values is kept.
-  return (v > best) | ((v != v) & (best == best));
-}
-
 // ------------------------------------------------------------------------------------------------
 // The kernels (st_attention_cpu_kernels.h), compiled for baseline x86-64 and for AVX2 + FMA; the
 // AVX2 copy is chosen at run time when the CPU has it.
@@ -176,23 +170,9 @@ struct Geometry {
   int64_t N, T, H, W, S, k, r;
 };
 
-// -Wpsabi (for the rest of the file, where the templates are instantiated): the 32-byte vector
-// helpers are internal and inlined, so no ABI is crossed.
-#pragma GCC diagnostic ignored "-Wpsabi"
-namespace maps_default {
-#include "simd.h"
-#include "st_attention_cpu_kernels.h"
-}  // namespace maps_default
-#ifdef MERANET_CPU_HAVE_AVX2
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#pragma GCC optimize("fp-contract=fast")
-namespace maps_avx2 {
-#include "simd.h"
-#include "st_attention_cpu_kernels.h"
-}  // namespace maps_avx2
-#pragma GCC pop_options
-#endif
+#define MERANET_KERNELS_HEADER "st_attention_cpu_kernels.h"
+#define MERANET_KERNELS_PREFIX maps
+#include "isa_variants.h"
 
 #define MERANET_MAPS(fn, ...) MERANET_ISA_PICK(maps, fn, __VA_ARGS__)
 
