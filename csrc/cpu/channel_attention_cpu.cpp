@@ -13,10 +13,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "channel_attention.h"
+#include "isa.h"
 
 namespace meranet {
 
@@ -58,59 +62,44 @@ namespace {
 using cpu_detail::kChunk;
 using cpu_detail::num_chunks;
 
+#define MERANET_KERNELS_HEADER "ca_ra_cpu_kernels.h"
+#define MERANET_KERNELS_PREFIX pool
+#include "isa_variants.h"
+
 // ---------------------------------------------------------------------------------------------
-// ca_pool: per (n, c) sum, max and first argmax over the S positions.
+// ca_pool: per (n, c) sum, max and first argmax over the S positions (ca_ra_cpu_kernels.h).
 // ---------------------------------------------------------------------------------------------
 template <typename scalar_t, bool CL>
 void ca_pool_kernel(const scalar_t* y, int64_t N, int64_t C, int64_t S, at::opmath_type<scalar_t>* avg,
                     at::opmath_type<scalar_t>* mx, int64_t* idx) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t chunks = num_chunks(S);
+  // NCTHW: a task is one chunk of kRowChunk positions of one (n, c) row; long contiguous streams keep
+  // the hardware prefetchers busy. channels_last_3d: a task is kChunk positions of a sample, every channel.
+  constexpr int64_t kRowChunk = int64_t(1) << 20;
+  const int64_t chunk = CL ? kChunk : kRowChunk;
+  const int64_t chunks = std::max<int64_t>(1, (S + chunk - 1) / chunk);
   std::vector<acc_t> psum(N * chunks * C), pmax(N * chunks * C);
   std::vector<int64_t> pidx(N * chunks * C);
-  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / chunks, s0 = (task % chunks) * kChunk, s1 = std::min(S, s0 + kChunk);
-      const scalar_t* yn = y + n * C * S;
-      acc_t* sum = psum.data() + task * C;
-      acc_t* best = pmax.data() + task * C;
-      int64_t* arg = pidx.data() + task * C;
-      if (!CL) {
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* row = yn + c * S;
-          acc_t total = 0, b = -std::numeric_limits<acc_t>::infinity();
-          int64_t bi = s0;
-          for (int64_t s = s0; s < s1; ++s) {
-            const acc_t v = static_cast<acc_t>(row[s]);
-            total += v;
-            if (v > b) {
-              b = v;
-              bi = s;
-            }
-          }
-          sum[c] = total;
-          best[c] = b;
-          arg[c] = bi;
-        }
-      } else {
-        std::fill(sum, sum + C, acc_t(0));
-        std::fill(best, best + C, -std::numeric_limits<acc_t>::infinity());
-        std::fill(arg, arg + C, s0);
-        for (int64_t s = s0; s < s1; ++s) {
-          const scalar_t* col = yn + s * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t v = static_cast<acc_t>(col[c]);
-            sum[c] += v;
-            if (v > best[c]) {
-              best[c] = v;
-              arg[c] = s;
-            }
-          }
-        }
+  if constexpr (!CL) {
+    const auto pool = MERANET_ISA_PICK(pool, pool_row, scalar_t);
+    at::parallel_for(0, N * C * chunks, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t row = task / chunks, k = task % chunks, n = row / C, c = row % C;
+        const int64_t s0 = k * chunk, s1 = std::min(S, s0 + chunk), j = (n * chunks + k) * C + c;
+        pool(y + row * S + s0, s1 - s0, &psum[j], &pmax[j], &pidx[j]);
+        pidx[j] += s0;
       }
-    }
-  });
-  // Combine the chunks in order; strict '>' keeps the earliest chunk on ties (first index overall).
+    });
+  } else {
+    const auto pool = MERANET_ISA_PICK(pool, pool_positions_cl, scalar_t);
+    at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / chunks, s0 = (task % chunks) * chunk, s1 = std::min(S, s0 + chunk);
+        pool(y + n * C * S, C, s0, s1, psum.data() + task * C, pmax.data() + task * C, pidx.data() + task * C);
+      }
+    });
+  }
+  // Combine the chunks in order; takes_max keeps the earliest chunk on ties (first index overall).
   at::parallel_for(0, N * C, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / C, c = i % C;
@@ -119,7 +108,7 @@ void ca_pool_kernel(const scalar_t* y, int64_t N, int64_t C, int64_t S, at::opma
       for (int64_t k = 0; k < chunks; ++k) {
         const int64_t j = (n * chunks + k) * C + c;
         total += psum[j];
-        if (pmax[j] > b || k == 0) {
+        if (k == 0 || pool_default::takes_max(pmax[j], b)) {
           b = pmax[j];
           bi = pidx[j];
         }

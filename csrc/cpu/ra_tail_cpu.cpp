@@ -11,10 +11,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "channel_attention.h"
+#include "isa.h"
 #include "pooled_attention_cpu.h"
 #include "ra_tail.h"
 
@@ -23,6 +27,10 @@ namespace {
 
 using cpu_detail::kChunk;
 using cpu_detail::num_chunks;
+
+#define MERANET_KERNELS_HEADER "ca_ra_cpu_kernels.h"
+#define MERANET_KERNELS_PREFIX pool
+#include "isa_variants.h"
 
 struct Geometry {
   int64_t N, C, S, T, H, W;
@@ -33,7 +41,7 @@ Geometry geometry(const at::Tensor& y) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ra_pool: mean / max / first argmax over C of u = y * scale[n, c]
+// ra_pool: mean / max / first argmax over C of u = y * scale[n, c] (ca_ra_cpu_kernels.h)
 // ---------------------------------------------------------------------------------------------
 template <typename scalar_t, bool CL>
 void ra_pool_kernel(const scalar_t* y, const at::opmath_type<scalar_t>* scale, Geometry g,
@@ -41,55 +49,13 @@ void ra_pool_kernel(const scalar_t* y, const at::opmath_type<scalar_t>* scale, G
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = g.N, C = g.C, S = g.S, chunks = num_chunks(S);
   const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
+  const auto pool = MERANET_ISA_PICK(pool, pool_channels, scalar_t, CL);
   at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sum(kChunk), best(kChunk);
-    std::vector<int32_t> arg(kChunk);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / chunks, s0 = (task % chunks) * kChunk, s1 = std::min(S, s0 + kChunk);
-      const int64_t len = s1 - s0, base = n * C * S;
-      const acc_t* a = scale + n * C;
-      std::fill(sum.begin(), sum.begin() + len, acc_t(0));
-      std::fill(best.begin(), best.begin() + len, -std::numeric_limits<acc_t>::infinity());
-      std::fill(arg.begin(), arg.begin() + len, 0);
-      if (!CL) {
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t av = a[c];
-          const scalar_t* row = y + base + c * S + s0;
-          for (int64_t i = 0; i < len; ++i) {
-            const acc_t u = static_cast<acc_t>(row[i]) * av;
-            sum[i] += u;
-            if (u > best[i]) {  // strict: first channel on ties
-              best[i] = u;
-              arg[i] = static_cast<int32_t>(c);
-            }
-          }
-        }
-      } else {
-        for (int64_t i = 0; i < len; ++i) {
-          const scalar_t* col = y + base + (s0 + i) * C;
-          acc_t total = 0, b = -std::numeric_limits<acc_t>::infinity();
-          int32_t bc = 0;
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t u = static_cast<acc_t>(col[c]) * a[c];
-            total += u;
-            if (u > b) {
-              b = u;
-              bc = static_cast<int32_t>(c);
-            }
-          }
-          sum[i] = total;
-          best[i] = b;
-          arg[i] = bc;
-        }
-      }
       acc_t* p0 = pooled + n * 2 * S + s0;
-      acc_t* p1 = p0 + S;
-      int32_t* I = argmax + n * S + s0;
-      for (int64_t i = 0; i < len; ++i) {
-        p0[i] = sum[i] * inv_c;
-        p1[i] = best[i];
-        I[i] = arg[i];
-      }
+      pool(y + n * C * S, scale + n * C, C, S, s0, s1, p0, p0 + S, argmax + n * S + s0);
+      for (int64_t i = 0; i < s1 - s0; ++i) p0[i] *= inv_c;  // sum -> mean
     }
   });
 }
@@ -142,6 +108,7 @@ void ra_attend_grad_kernel(const scalar_t* grad, const scalar_t* out, const scal
                            at::opmath_type<scalar_t>* grad_attn) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = g.N, C = g.C, S = g.S, chunks = num_chunks(S);
+  const auto row_grad = MERANET_ISA_PICK(pool, relu_grad_row, scalar_t, CL);
   at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / chunks, s0 = (task % chunks) * kChunk, s1 = std::min(S, s0 + kChunk);
@@ -151,24 +118,13 @@ void ra_attend_grad_kernel(const scalar_t* grad, const scalar_t* out, const scal
       if (!CL) {
         std::fill(gA, gA + len, acc_t(0));
         for (int64_t c = 0; c < C; ++c) {
-          const acc_t av = a[c];
           const int64_t off = base + c * S + s0;
-          for (int64_t i = 0; i < len; ++i) {
-            const acc_t gv = static_cast<acc_t>(out[off + i]) > acc_t(0) ? static_cast<acc_t>(grad[off + i]) : acc_t(0);
-            gz[off + i] = static_cast<scalar_t>(gv);
-            gA[i] += gv * static_cast<acc_t>(y[off + i]) * av;
-          }
+          row_grad(grad + off, out + off, y + off, a + c, len, gz + off, gA);
         }
       } else {
         for (int64_t i = 0; i < len; ++i) {
           const int64_t off = base + (s0 + i) * C;
-          acc_t total = 0;
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t gv = static_cast<acc_t>(out[off + c]) > acc_t(0) ? static_cast<acc_t>(grad[off + c]) : acc_t(0);
-            gz[off + c] = static_cast<scalar_t>(gv);
-            total += gv * static_cast<acc_t>(y[off + c]) * a[c];
-          }
-          gA[i] = total;
+          gA[i] = row_grad(grad + off, out + off, y + off, a, C, gz + off, nullptr);
         }
       }
     }

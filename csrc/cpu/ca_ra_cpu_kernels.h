@@ -1,0 +1,223 @@
+// Vectorised row kernels of the channel-attention and residual-attention-tail CPU operators
+// (channel_attention_cpu.cpp, ra_tail_cpu.cpp), on one sample seen as [C, S] (NCTHW) or [S, C]
+// (channels_last_3d).
+//  * Pooling: sum, max and first argmax over positions (channel attention) or over channels (the
+//    tail's spatio-temporal pooling). The reduction along the contiguous dimension keeps a running
+//    max and argmax per vector lane and merges the lanes at the end; the reduction across it updates
+//    whole rows of running sums, maxima and argmaxes.
+//  * The tail's backward pass over the activations: the ReLU mask and the attention-map gradient,
+//    branch-free (the mask is data-dependent and unpredictable).
+//
+// Max semantics (takes_max in simd.h): a NaN wins over any number, like torch.amax; of equal values
+// the first keeps the argmax.
+//
+// Compiled once per instruction set (csrc/cpu/isa_variants.h), after simd.h; no include guard. The
+// includer provides <ATen/OpMathType.h>, <algorithm>, <limits> and <vector>.
+
+// Integer lanes as wide as acc_t's, so a comparison mask of acc_t vectors selects them: per-lane argmax.
+template <typename acc_t>
+using lane_index_t = std::conditional_t<sizeof(acc_t) == 8, int64_t, int32_t>;
+
+template <typename acc_t>
+struct RowStats {
+  acc_t sum, max;
+  int64_t argmax;
+};
+
+// Sum, max and first argmax over i < len (< 2^31) of u[i] = v[i], times mul[i] when SCALED.
+// kChains independent sets of vector accumulators hide the add / blend latencies. Without NAN_AWARE
+// a plain `>` (fewer instructions) ignores NaNs; reduce_row below redoes a row whose sum is NaN.
+constexpr int kChains = 4;
+
+template <typename scalar_t, bool SCALED, bool NAN_AWARE>
+RowStats<at::opmath_type<scalar_t>> reduce_row_pass(const scalar_t* v, const at::opmath_type<scalar_t>* mul,
+                                                    int64_t len) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = vec_t<acc_t>;
+  using I = vec_t<lane_index_t<acc_t>>;
+  constexpr int L = kLanesOf<acc_t>;
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  RowStats<acc_t> r{acc_t(0), neg_inf, 0};
+  int64_t i = 0;
+  if (len >= kChains * L) {
+    V sum[kChains], best[kChains];
+    I idx[kChains], arg[kChains];
+    for (int k = 0; k < kChains; ++k) {
+      sum[k] = V{};
+      best[k] = V{} + neg_inf;
+      for (int j = 0; j < L; ++j) idx[k][j] = k * L + j;
+      arg[k] = idx[k];
+    }
+    for (; i + kChains * L <= len; i += kChains * L) {
+      for (int k = 0; k < kChains; ++k) {
+        V u = load_acc(v + i + k * L);
+        if constexpr (SCALED) u = u * loadu(mul + i + k * L);
+        sum[k] += u;
+        I take;
+        if constexpr (NAN_AWARE) {
+          take = takes_max_vec(u, best[k]);
+        } else {
+          take = u > best[k];
+        }
+        best[k] = take ? u : best[k];
+        arg[k] = take ? idx[k] : arg[k];
+        idx[k] += kChains * L;
+      }
+    }
+    // Merge the chains and lanes; of equal maxima (or NaNs) the smaller index.
+    V total = sum[0];
+    for (int k = 1; k < kChains; ++k) total += sum[k];
+    r = {total[0], best[0][0], arg[0][0]};
+    for (int j = 1; j < L; ++j) r.sum += total[j];
+    for (int k = 0; k < kChains; ++k) {
+      for (int j = 0; j < L; ++j) {
+        const acc_t b = best[k][j];
+        const bool same = b == r.max || (b != b && r.max != r.max);
+        if (takes_max(b, r.max) || (same && arg[k][j] < r.argmax)) {
+          r.max = b;
+          r.argmax = arg[k][j];
+        }
+      }
+    }
+  }
+  for (; i < len; ++i) {
+    acc_t u = static_cast<acc_t>(v[i]);
+    if constexpr (SCALED) u *= mul[i];
+    r.sum += u;
+    if (takes_max(u, r.max)) {
+      r.max = u;
+      r.argmax = i;
+    }
+  }
+  return r;
+}
+
+// A NaN in the row makes its sum NaN: only then is the NaN-aware pass needed.
+template <typename scalar_t, bool SCALED>
+RowStats<at::opmath_type<scalar_t>> reduce_row(const scalar_t* v, const at::opmath_type<scalar_t>* mul,
+                                               int64_t len) {
+  const auto r = reduce_row_pass<scalar_t, SCALED, false>(v, mul, len);
+  return r.sum == r.sum ? r : reduce_row_pass<scalar_t, SCALED, true>(v, mul, len);
+}
+
+// Running per-element statistics of rows: for i < len, u = v[i] * mul; sum[i] += u, and where u
+// takes the max, best[i] = u and arg[i] = index.
+template <typename scalar_t>
+void accumulate_row(const scalar_t* v, at::opmath_type<scalar_t> mul, int64_t len,
+                    lane_index_t<at::opmath_type<scalar_t>> index, at::opmath_type<scalar_t>* sum,
+                    at::opmath_type<scalar_t>* best, lane_index_t<at::opmath_type<scalar_t>>* arg) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = vec_t<acc_t>;
+  using I = vec_t<lane_index_t<acc_t>>;
+  constexpr int L = kLanesOf<acc_t>;
+  const I index_v = I{} + index;
+  int64_t i = 0;
+  for (; i + L <= len; i += L) {
+    const V u = load_acc(v + i) * mul;
+    storeu(sum + i, loadu(sum + i) + u);
+    const V b = loadu(best + i);
+    const I take = takes_max_vec(u, b);
+    storeu(best + i, take ? u : b);
+    storeu(arg + i, take ? index_v : loadu(arg + i));
+  }
+  for (; i < len; ++i) {
+    const acc_t u = static_cast<acc_t>(v[i]) * mul;
+    sum[i] += u;
+    if (takes_max(u, best[i])) {
+      best[i] = u;
+      arg[i] = index;
+    }
+  }
+}
+
+// Channel attention, NCTHW: sum, max and first argmax of the row v[0, len), len < 2^31.
+template <typename scalar_t>
+void pool_row(const scalar_t* v, int64_t len, at::opmath_type<scalar_t>* sum, at::opmath_type<scalar_t>* best,
+              int64_t* arg) {
+  const auto st = reduce_row<scalar_t, false>(v, nullptr, len);
+  *sum = st.sum;
+  *best = st.max;
+  *arg = st.argmax;
+}
+
+// Channel attention, channels_last_3d: for every channel c of the sample yn ([S, C]), the sum, max and
+// first argmax (a flat position) of y over the positions [s0, s1), s1 - s0 < 2^31.
+template <typename scalar_t>
+void pool_positions_cl(const scalar_t* yn, int64_t C, int64_t s0, int64_t s1, at::opmath_type<scalar_t>* sum,
+                       at::opmath_type<scalar_t>* best, int64_t* arg) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::vector<lane_index_t<acc_t>> first(C, 0);
+  std::fill(sum, sum + C, acc_t(0));
+  std::fill(best, best + C, -std::numeric_limits<acc_t>::infinity());
+  for (int64_t s = s0; s < s1; ++s) {
+    accumulate_row(yn + s * C, acc_t(1), C, static_cast<lane_index_t<acc_t>>(s - s0), sum, best, first.data());
+  }
+  for (int64_t c = 0; c < C; ++c) arg[c] = s0 + first[c];
+}
+
+// Residual-attention tail: for every position s in [s0, s1) of the sample yn, the sum, max and first
+// argmax (a channel, C < 2^31) over channels of u = y * scale[c]; written to sum/best/arg[s - s0].
+template <typename scalar_t, bool CL>
+void pool_channels(const scalar_t* yn, const at::opmath_type<scalar_t>* scale, int64_t C, int64_t S, int64_t s0,
+                   int64_t s1, at::opmath_type<scalar_t>* sum, at::opmath_type<scalar_t>* best, int32_t* arg) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t len = s1 - s0;
+  if (!CL) {
+    std::vector<lane_index_t<acc_t>> first(len, 0);
+    std::fill(sum, sum + len, acc_t(0));
+    std::fill(best, best + len, -std::numeric_limits<acc_t>::infinity());
+    for (int64_t c = 0; c < C; ++c) {
+      accumulate_row(yn + c * S + s0, scale[c], len, static_cast<lane_index_t<acc_t>>(c), sum, best, first.data());
+    }
+    for (int64_t i = 0; i < len; ++i) arg[i] = static_cast<int32_t>(first[i]);
+  } else {
+    for (int64_t i = 0; i < len; ++i) {
+      const RowStats<acc_t> st = reduce_row<scalar_t, true>(yn + (s0 + i) * C, scale, C);
+      sum[i] = st.sum;
+      best[i] = st.max;
+      arg[i] = static_cast<int32_t>(st.argmax);
+    }
+  }
+}
+
+// Residual-attention tail backward along a contiguous row: gz[i] = g[i] * [out[i] > 0] (written) and
+// the dot products sum_i gz[i] * y[i] * m[i] with m[i] = mul[i] (PER_ELEMENT) or mul[0]:
+//  * PER_ELEMENT (channels_last_3d, a row is one position's channels): returns the dot product;
+//  * otherwise (NCTHW, a row is one channel's positions): adds each term to gA[i], returns 0.
+template <typename scalar_t, bool PER_ELEMENT>
+at::opmath_type<scalar_t> relu_grad_row(const scalar_t* g, const scalar_t* out, const scalar_t* y,
+                                        const at::opmath_type<scalar_t>* mul, int64_t len, scalar_t* gz,
+                                        at::opmath_type<scalar_t>* gA) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = vec_t<acc_t>;
+  constexpr int L = kLanesOf<acc_t>;
+  V dot = V{};
+  int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {  // gz is written in acc_t: a vector store
+    const V m0 = V{} + mul[0];
+    for (; i + L <= len; i += L) {
+      const V gv = loadu(g + i), ov = loadu(out + i);
+      const V gzv = ov > V{} ? gv : V{};
+      storeu(gz + i, gzv);
+      const V m = PER_ELEMENT ? loadu(mul + i) : m0;
+      if constexpr (PER_ELEMENT) {
+        dot += gzv * loadu(y + i) * m;
+      } else {
+        storeu(gA + i, loadu(gA + i) + gzv * loadu(y + i) * m);
+      }
+    }
+  }
+  acc_t total = 0;
+  for (int j = 0; j < L; ++j) total += dot[j];
+  for (; i < len; ++i) {
+    const acc_t gv = static_cast<acc_t>(out[i]) > acc_t(0) ? static_cast<acc_t>(g[i]) : acc_t(0);
+    gz[i] = static_cast<scalar_t>(gv);
+    const acc_t term = gv * static_cast<acc_t>(y[i]) * mul[PER_ELEMENT ? i : 0];
+    if constexpr (PER_ELEMENT) {
+      total += term;
+    } else {
+      gA[i] += term;
+    }
+  }
+  return total;
+}

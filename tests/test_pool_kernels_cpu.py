@@ -1,0 +1,99 @@
+"""The vectorised CPU pooling kernels (csrc/cpu/ca_ra_cpu_kernels.h) behind meranet::ca_pool (over positions)
+and meranet::ra_pool (over channels of y * scale): exact sums, maxima and first argmax against torch for
+both instruction sets, both layouts, lengths around the vector width and the task chunk, ties and NaNs.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from meranet_fast import _extension
+
+pytestmark = pytest.mark.skipif(not _extension.is_loaded(), reason=f"meranet_fast._C not built: {_extension.LOAD_ERROR}")
+
+ISAS = ("default", "auto")  # MERANET_CPU_ISA=default forces the baseline x86-64 copy of the kernels
+LAYOUTS = ("contiguous", "channels_last_3d")
+
+
+def _layout(y, layout):
+    return y.contiguous(memory_format=torch.channels_last_3d) if layout == "channels_last_3d" else y
+
+
+def _isa(monkeypatch, isa):
+    if isa == "default":
+        monkeypatch.setenv("MERANET_CPU_ISA", "default")
+
+
+def _first_argmax(v, dim):
+    """Index of the first maximum along dim, a NaN counting as the maximum (torch.amax semantics)."""
+    nan = torch.isnan(v)
+    mx = torch.where(nan.any(dim, keepdim=True), torch.nan, v.amax(dim, keepdim=True))
+    hit = (v == mx) | (nan & torch.isnan(mx))
+    return hit.int().argmax(dim)  # argmax of a 0/1 tensor: its first 1
+
+
+def _ties(shape, dtype):
+    """Few distinct values (many ties), exact in every dtype."""
+    return torch.randint(-3, 4, shape).to(dtype) / 4
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+# S around the vector width (8 / 4 lanes) and past the 1024-position task chunk; C odd and even
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1, 7), (1, 9, 1, 3, 3), (2, 17, 2, 5, 13), (1, 5, 3, 19, 23)])
+def test_ca_pool_exact_with_ties(monkeypatch, isa, layout, dtype, shape):
+    _isa(monkeypatch, isa)
+    y = _layout(_ties(shape, dtype), layout)
+    avg, mx, idx = torch.ops.meranet.ca_pool(y)
+    flat = y.double().flatten(2)
+    torch.testing.assert_close(avg.double(), flat.mean(2), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mx.double(), flat.amax(2), rtol=0, atol=0)
+    torch.testing.assert_close(idx, _first_argmax(flat, 2).long(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 1, 1, 2, 3), (1, 7, 2, 3, 3), (2, 8, 1, 4, 5), (1, 37, 3, 19, 23)])
+def test_ra_pool_exact_with_ties(monkeypatch, isa, layout, dtype, shape):
+    _isa(monkeypatch, isa)
+    y = _layout(_ties(shape, dtype), layout)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = torch.randint(1, 3, (shape[0], shape[1])).to(acc) / 2  # 0.5 or 1: products stay exact, ties stay
+    pooled, argmax = torch.ops.meranet.ra_pool(y, scale)
+    u = y.to(acc) * scale[:, :, None, None, None]
+    torch.testing.assert_close(pooled[:, 0], u.mean(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pooled[:, 1], u.amax(1), rtol=0, atol=0)
+    torch.testing.assert_close(argmax, _first_argmax(u, 1).int(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pools_propagate_nan_to_the_first_nan(monkeypatch, isa, layout):
+    """Like torch.amax, a NaN is the maximum; the first NaN gets the argmax (and the max gradient)."""
+    _isa(monkeypatch, isa)
+    y = torch.randn(2, 11, 2, 3, 7)
+    y[0, 4, 1, 2, 5] = torch.nan
+    y[0, 4, 0, 1, 1] = torch.nan  # earlier position: the channel's argmax
+    y[1, 2, 0, 0, 3] = torch.nan
+    y[1, 9, 0, 0, 3] = torch.nan  # same position, later channel: channel 2 wins
+    y = _layout(y, layout)
+    _, mx, idx = torch.ops.meranet.ca_pool(y)
+    assert torch.isnan(mx[0, 4]) and torch.isnan(mx[1, 2]) and torch.isnan(mx[1, 9])
+    assert idx[0, 4] == (0 * 3 + 1) * 7 + 1 and idx[1, 2] == 3
+    assert torch.isfinite(mx[0, :4]).all()
+    pooled, argmax = torch.ops.meranet.ra_pool(y, torch.ones(2, 11))
+    assert torch.isnan(pooled[1, 1, 0, 0, 3]) and argmax[1, 0, 0, 3] == 2
+    assert argmax[0, 0, 1, 1] == 4 and argmax[0, 1, 2, 5] == 4
+    torch.testing.assert_close(argmax[0, 1, 0, 0], y[0, :, 1, 0, 0].argmax().int())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_all_minus_infinity_gives_the_first_index(monkeypatch, isa):
+    _isa(monkeypatch, isa)
+    y = torch.full((1, 10, 1, 2, 9), -torch.inf)
+    _, mx, idx = torch.ops.meranet.ca_pool(y)
+    assert (mx == -torch.inf).all() and (idx == 0).all()
+    _, argmax = torch.ops.meranet.ra_pool(y, torch.ones(1, 10))
+    assert (argmax == 0).all()
