@@ -5,7 +5,7 @@
 //    tail's spatio-temporal pooling). The reduction along the contiguous dimension keeps a running
 //    max and argmax per vector lane and merges the lanes at the end; the reduction across it updates
 //    whole rows of running sums, maxima and argmaxes.
-//  * The tail's backward pass over the activations: the ReLU mask and the attention-map gradient,
+//  * Channel scaling out = y * a, and the tail's backward pass over the activations: the ReLU mask and the attention-map gradient,
 //    branch-free (the mask is data-dependent and unpredictable).
 //
 // Max semantics (takes_max in simd.h): a NaN wins over any number, like torch.amax; of equal values
@@ -220,4 +220,18 @@ at::opmath_type<scalar_t> relu_grad_row(const scalar_t* g, const scalar_t* out, 
     }
   }
   return total;
+}
+
+// out[i] = v[i] * m[i] with m[i] = mul[i] (PER_ELEMENT) or mul[0].
+template <typename scalar_t, bool PER_ELEMENT>
+void scale_row(const scalar_t* v, const at::opmath_type<scalar_t>* mul, int64_t len, scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = vec_t<acc_t>;
+  constexpr int L = kLanesOf<acc_t>;
+  int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    const V m0 = V{} + mul[0];
+    for (; i + L <= len; i += L) storeu(out + i, loadu(v + i) * (PER_ELEMENT ? loadu(mul + i) : m0));
+  }
+  for (; i < len; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(v[i]) * mul[PER_ELEMENT ? i : 0]);
 }

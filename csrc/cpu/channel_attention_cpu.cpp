@@ -126,27 +126,18 @@ void ca_pool_kernel(const scalar_t* y, int64_t N, int64_t C, int64_t S, at::opma
 template <typename scalar_t, bool CL>
 void ca_scale_kernel(const scalar_t* y, const at::opmath_type<scalar_t>* scale, scalar_t* out, int64_t N,
                      int64_t C, int64_t S) {
-  using acc_t = at::opmath_type<scalar_t>;
+  const auto scale_row = MERANET_ISA_PICK(pool, scale_row, scalar_t, CL);
+  if (!CL) {  // a task is one (n, c) row: one scale, a long contiguous stream
+    at::parallel_for(0, N * C, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) scale_row(y + row * S, scale + row, S, out + row * S);
+    });
+    return;
+  }
   const int64_t chunks = num_chunks(S);
   at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / chunks, s0 = (task % chunks) * kChunk, s1 = std::min(S, s0 + kChunk);
-      const int64_t base = n * C * S;
-      const acc_t* a = scale + n * C;
-      if (!CL) {
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t av = a[c];
-          const scalar_t* row = y + base + c * S;
-          scalar_t* orow = out + base + c * S;
-          for (int64_t s = s0; s < s1; ++s) orow[s] = static_cast<scalar_t>(static_cast<acc_t>(row[s]) * av);
-        }
-      } else {
-        for (int64_t s = s0; s < s1; ++s) {
-          const scalar_t* col = y + base + s * C;
-          scalar_t* ocol = out + base + s * C;
-          for (int64_t c = 0; c < C; ++c) ocol[c] = static_cast<scalar_t>(static_cast<acc_t>(col[c]) * a[c]);
-        }
-      }
+      for (int64_t s = s0; s < s1; ++s) scale_row(y + (n * S + s) * C, scale + n * C, C, out + (n * S + s) * C);
     }
   });
 }

@@ -1,6 +1,7 @@
-"""The vectorised CPU pooling kernels (csrc/cpu/ca_ra_cpu_kernels.h) behind meranet::ca_pool (over positions)
-and meranet::ra_pool (over channels of y * scale): exact sums, maxima and first argmax against torch for
-both instruction sets, both layouts, lengths around the vector width and the task chunk, ties and NaNs.
+"""The vectorised CPU row kernels (csrc/cpu/ca_ra_cpu_kernels.h) for both instruction sets, both layouts and
+lengths around the vector width and the task chunk: meranet::ca_pool (over positions) and meranet::ra_pool
+(over channels of y * scale) give exact sums, maxima and first argmax with ties and NaNs; meranet::ca_scale
+and meranet::ra_attend_bwd's ReLU-mask pass match torch.
 """
 from __future__ import annotations
 
@@ -97,3 +98,48 @@ def test_all_minus_infinity_gives_the_first_index(monkeypatch, isa):
     assert (mx == -torch.inf).all() and (idx == 0).all()
     _, argmax = torch.ops.meranet.ra_pool(y, torch.ones(1, 10))
     assert (argmax == 0).all()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1, 7), (1, 9, 2, 5, 13), (1, 5, 3, 19, 23)])
+def test_ca_scale_matches_torch(monkeypatch, isa, layout, dtype, shape):
+    _isa(monkeypatch, isa)
+    y = _layout(torch.randn(shape, dtype=dtype), layout)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = torch.rand(shape[:2], dtype=acc)
+    out = torch.ops.meranet.ca_scale(y, scale)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=_memory_format(layout))
+    torch.testing.assert_close(out, (y.to(acc) * scale[:, :, None, None, None]).to(dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1, 7), (1, 9, 2, 5, 13), (1, 17, 3, 19, 23)])
+def test_ra_attend_bwd_relu_mask_pass(monkeypatch, isa, layout, dtype, shape):
+    """gz = g * [out > 0]; grad_pooled / grad_weight / grad_bias against autograd of the eager formula."""
+    _isa(monkeypatch, isa)
+    n, c = shape[:2]
+    y = _layout(torch.randn(shape, dtype=dtype), layout)
+    out = _layout(torch.randn(shape, dtype=dtype).relu(), layout)  # zeros where the mask is off
+    g = _layout(torch.randn(shape, dtype=dtype), layout)
+    scale = torch.rand(n, c, dtype=dtype)
+    pooled = torch.randn(n, 2, *shape[2:], dtype=dtype, requires_grad=True)
+    weight = (torch.randn(1, 2, 3, 3, 3, dtype=dtype) * 0.2).requires_grad_()
+    bias = torch.zeros(1, dtype=dtype, requires_grad=True)
+    attn = torch.sigmoid(torch.nn.functional.conv3d(pooled, weight, bias, padding=1))
+    gz, gpooled, gw, gb = torch.ops.meranet.ra_attend_bwd(g, out, y, scale, attn.detach(), pooled.detach(),
+                                                          weight.detach())
+    ref_gz = g * (out > 0)
+    torch.testing.assert_close(gz, ref_gz, rtol=0, atol=0)
+    grad_attn = (ref_gz * y * scale[:, :, None, None, None]).sum(1, keepdim=True)
+    ref = torch.autograd.grad(attn, (pooled, weight, bias), grad_attn)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for name, got, want in zip(("grad_pooled", "grad_weight", "grad_bias"), (gpooled, gw, gb), ref):
+        torch.testing.assert_close(got, want, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def _memory_format(layout):
+    return torch.channels_last_3d if layout == "channels_last_3d" else torch.contiguous_format
