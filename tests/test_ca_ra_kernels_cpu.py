@@ -1,4 +1,4 @@
-"""The vectorised CPU row kernels (csrc/cpu/ca_ra_cpu_kernels.h) for both instruction sets, both layouts and
+"""The vectorised CPU row kernels (csrc/cpu/ca_ra_cpu_kernels.h, fold_rows in simd.h) for both instruction sets, both layouts and
 lengths around the vector width and the task chunk: meranet::ca_pool (over positions) and meranet::ra_pool
 (over channels of y * scale) give exact sums, maxima and first argmax with ties and NaNs; meranet::ca_scale
 and meranet::ra_attend_bwd's ReLU-mask pass match torch.
@@ -143,3 +143,20 @@ def test_ra_attend_bwd_relu_mask_pass(monkeypatch, isa, layout, dtype, shape):
 
 def _memory_format(layout):
     return torch.channels_last_3d if layout == "channels_last_3d" else torch.contiguous_format
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 1, 1, 2, 3), (1, 6, 2, 3, 3), (2, 9, 1, 4, 5), (1, 37, 3, 19, 23)])
+def test_st_attention_pool_exact_with_ties(monkeypatch, isa, layout, dtype, shape):
+    """st_attention's channel pooling folds rows with the same helper (fold_rows in csrc/cpu/simd.h)."""
+    _isa(monkeypatch, isa)
+    x = _layout(_ties(shape, dtype), layout)
+    x[0, -1, 0, 0, 0] = torch.nan  # the max of that position is NaN, at the last channel
+    weight = torch.zeros(1, 2, 3, 3, 3, dtype=dtype)
+    _, _, pooled, argmax = torch.ops.meranet.st_attention_fwd(x, weight, None)
+    u = x.double()
+    torch.testing.assert_close(pooled[:, 0].double(), u.mean(1), rtol=1e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(pooled[:, 1].double(), u.amax(1).float().double(), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(argmax, _first_argmax(u, 1).int(), rtol=0, atol=0)

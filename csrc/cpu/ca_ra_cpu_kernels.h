@@ -3,10 +3,10 @@
 // (channels_last_3d).
 //  * Pooling: sum, max and first argmax over positions (channel attention) or over channels (the
 //    tail's spatio-temporal pooling). The reduction along the contiguous dimension keeps a running
-//    max and argmax per vector lane and merges the lanes at the end; the reduction across it updates
-//    whole rows of running sums, maxima and argmaxes.
-//  * Channel scaling out = y * a, and the tail's backward pass over the activations: the ReLU mask and the attention-map gradient,
-//    branch-free (the mask is data-dependent and unpredictable).
+//    max and argmax per vector lane and merges the lanes at the end; the reduction across it folds
+//    rows into running sums, maxima and argmaxes (fold_rows in simd.h).
+//  * Channel scaling out = y * a, and the tail's backward pass over the activations: the ReLU mask
+//    and the attention-map gradient, branch-free (the mask is data-dependent and unpredictable).
 //
 // Max semantics (takes_max in simd.h): a NaN wins over any number, like torch.amax; of equal values
 // the first keeps the argmax.
@@ -100,36 +100,6 @@ RowStats<at::opmath_type<scalar_t>> reduce_row(const scalar_t* v, const at::opma
   return r.sum == r.sum ? r : reduce_row_pass<scalar_t, SCALED, true>(v, mul, len);
 }
 
-// Running per-element statistics of rows: for i < len, u = v[i] * mul; sum[i] += u, and where u
-// takes the max, best[i] = u and arg[i] = index.
-template <typename scalar_t>
-void accumulate_row(const scalar_t* v, at::opmath_type<scalar_t> mul, int64_t len,
-                    lane_index_t<at::opmath_type<scalar_t>> index, at::opmath_type<scalar_t>* sum,
-                    at::opmath_type<scalar_t>* best, lane_index_t<at::opmath_type<scalar_t>>* arg) {
-  using acc_t = at::opmath_type<scalar_t>;
-  using V = vec_t<acc_t>;
-  using I = vec_t<lane_index_t<acc_t>>;
-  constexpr int L = kLanesOf<acc_t>;
-  const I index_v = I{} + index;
-  int64_t i = 0;
-  for (; i + L <= len; i += L) {
-    const V u = load_acc(v + i) * mul;
-    storeu(sum + i, loadu(sum + i) + u);
-    const V b = loadu(best + i);
-    const I take = takes_max_vec(u, b);
-    storeu(best + i, take ? u : b);
-    storeu(arg + i, take ? index_v : loadu(arg + i));
-  }
-  for (; i < len; ++i) {
-    const acc_t u = static_cast<acc_t>(v[i]) * mul;
-    sum[i] += u;
-    if (takes_max(u, best[i])) {
-      best[i] = u;
-      arg[i] = index;
-    }
-  }
-}
-
 // Channel attention, NCTHW: sum, max and first argmax of the row v[0, len), len < 2^31.
 template <typename scalar_t>
 void pool_row(const scalar_t* v, int64_t len, at::opmath_type<scalar_t>* sum, at::opmath_type<scalar_t>* best,
@@ -149,9 +119,8 @@ void pool_positions_cl(const scalar_t* yn, int64_t C, int64_t s0, int64_t s1, at
   std::vector<lane_index_t<acc_t>> first(C, 0);
   std::fill(sum, sum + C, acc_t(0));
   std::fill(best, best + C, -std::numeric_limits<acc_t>::infinity());
-  for (int64_t s = s0; s < s1; ++s) {
-    accumulate_row(yn + s * C, acc_t(1), C, static_cast<lane_index_t<acc_t>>(s - s0), sum, best, first.data());
-  }
+  fold_all_rows<true>(yn + s0 * C, s1 - s0, C, 1, static_cast<const acc_t*>(nullptr), lane_index_t<acc_t>(0), C, sum,
+                      best, first.data());
   for (int64_t c = 0; c < C; ++c) arg[c] = s0 + first[c];
 }
 
@@ -163,13 +132,10 @@ void pool_channels(const scalar_t* yn, const at::opmath_type<scalar_t>* scale, i
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t len = s1 - s0;
   if (!CL) {
-    std::vector<lane_index_t<acc_t>> first(len, 0);
     std::fill(sum, sum + len, acc_t(0));
     std::fill(best, best + len, -std::numeric_limits<acc_t>::infinity());
-    for (int64_t c = 0; c < C; ++c) {
-      accumulate_row(yn + c * S + s0, scale[c], len, static_cast<lane_index_t<acc_t>>(c), sum, best, first.data());
-    }
-    for (int64_t i = 0; i < len; ++i) arg[i] = static_cast<int32_t>(first[i]);
+    std::fill(arg, arg + len, 0);
+    fold_all_rows<true>(yn + s0, C, S, 1, scale, int32_t(0), len, sum, best, arg);
   } else {
     for (int64_t i = 0; i < len; ++i) {
       const RowStats<acc_t> st = reduce_row<scalar_t, true>(yn + (s0 + i) * C, scale, C);

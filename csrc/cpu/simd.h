@@ -1,5 +1,6 @@
 // SIMD helpers of the CPU kernels: 32-byte vectors (GCC vector extensions), unaligned loads and
-// stores, widening loads, a vector exp / sigmoid and the NaN-aware running-max test.
+// stores, widening loads, a vector exp / sigmoid, the NaN-aware running-max test and the row fold of
+// the pooling reductions across the contiguous dimension.
 //
 // Like the kernel headers that use it, this file is included inside a namespace once per instruction
 // set (csrc/cpu/isa.h): the same code becomes ymm instructions under `#pragma GCC target("avx2,fma")`
@@ -105,4 +106,70 @@ inline bool takes_max(acc_t v, acc_t best) {
 template <typename V>
 inline auto takes_max_vec(V v, V best) {
   return (v > best) | ((v != v) & (best == best));
+}
+
+// Folds NR rows into running per-element statistics, in row order: for r < NR and i < len,
+// u = v[r * row_stride + i * elem_stride] (times mul[r] when mul is given), sum[i] += u, and where u
+// takes the max (takes_max), best[i] = u and arg[i] = index0 + r. The running values stay in registers
+// across the NR rows: one load and one store of them per NR rows instead of per row (the stores bound
+// a one-row fold). Vectorised for unit element stride and an index type as wide as acc_t.
+template <int NR, bool UNIT, typename scalar_t, typename acc_t, typename idx_t>
+inline void fold_rows(const scalar_t* v, int64_t row_stride, int64_t elem_stride, const acc_t* mul, idx_t index0,
+                      int64_t len, acc_t* sum, acc_t* best, idx_t* arg) {
+  acc_t m[NR];
+  for (int r = 0; r < NR; ++r) m[r] = mul != nullptr ? mul[r] : acc_t(1);
+  int64_t i = 0;
+  if constexpr (UNIT && sizeof(idx_t) == sizeof(acc_t)) {
+    using V = vec_t<acc_t>;
+    using I = vec_t<idx_t>;
+    constexpr int L = kLanesOf<acc_t>;
+    for (; i + L <= len; i += L) {
+      V s = loadu(sum + i), b = loadu(best + i);
+      I a = loadu(arg + i);
+      for (int r = 0; r < NR; ++r) {
+        V u = load_acc(v + r * row_stride + i);
+        if (mul != nullptr) u = u * m[r];
+        s += u;
+        const I take = takes_max_vec(u, b);
+        b = take ? u : b;
+        a = take ? I{} + static_cast<idx_t>(index0 + r) : a;
+      }
+      storeu(sum + i, s);
+      storeu(best + i, b);
+      storeu(arg + i, a);
+    }
+  }
+  const int64_t es = UNIT ? 1 : elem_stride;
+  for (; i < len; ++i) {
+    acc_t s = sum[i], b = best[i];
+    idx_t a = arg[i];
+    for (int r = 0; r < NR; ++r) {
+      const acc_t u = static_cast<acc_t>(v[r * row_stride + i * es]) * m[r];
+      s += u;
+      if (takes_max(u, b)) {
+        b = u;
+        a = static_cast<idx_t>(index0 + r);
+      }
+    }
+    sum[i] = s;
+    best[i] = b;
+    arg[i] = a;
+  }
+}
+
+constexpr int kFoldRows = 4;
+
+// fold_rows over `rows` rows: groups of kFoldRows, then the rest one by one.
+template <bool UNIT, typename scalar_t, typename acc_t, typename idx_t>
+inline void fold_all_rows(const scalar_t* v, int64_t rows, int64_t row_stride, int64_t elem_stride, const acc_t* mul,
+                          idx_t index0, int64_t len, acc_t* sum, acc_t* best, idx_t* arg) {
+  int64_t r = 0;
+  for (; r + kFoldRows <= rows; r += kFoldRows) {
+    fold_rows<kFoldRows, UNIT>(v + r * row_stride, row_stride, elem_stride, mul != nullptr ? mul + r : nullptr,
+                               static_cast<idx_t>(index0 + r), len, sum, best, arg);
+  }
+  for (; r < rows; ++r) {
+    fold_rows<1, UNIT>(v + r * row_stride, row_stride, elem_stride, mul != nullptr ? mul + r : nullptr,
+                       static_cast<idx_t>(index0 + r), len, sum, best, arg);
+  }
 }

@@ -217,18 +217,8 @@ void pool_positions_inner(const Plan& pl, const Big<const scalar_t>& x,
         best[i] = v;
         idx[i] = 0;
       }
-      for (int64_t c = 1; c < C; ++c) {
-        const scalar_t* xc = xp + c * x.sc;
-        const int32_t ci = static_cast<int32_t>(c);
-#pragma omp simd
-        for (int64_t i = 0; i < len; ++i) {
-          const acc_t v = static_cast<acc_t>(xc[i * xs]);
-          sum[i] += v;
-          const bool take = takes_max(v, best[i]);
-          best[i] = take ? v : best[i];
-          idx[i] = take ? ci : idx[i];
-        }
-      }
+      fold_all_rows<UNIT>(xp + x.sc, C - 1, x.sc, xs, static_cast<const acc_t*>(nullptr), int32_t(1), len, sum,
+                          best, idx);
       acc_t* mean_out = pooled + un.n * 2 * S + un.pos;
       acc_t* max_out = mean_out + S;
       int32_t* idx_out = argmax + un.n * S + un.pos;
