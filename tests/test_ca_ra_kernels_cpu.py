@@ -1,7 +1,8 @@
-"""The vectorised CPU row kernels (csrc/cpu/ca_ra_cpu_kernels.h, fold_rows in simd.h) for both instruction sets, both layouts and
-lengths around the vector width and the task chunk: meranet::ca_pool (over positions) and meranet::ra_pool
-(over channels of y * scale) give exact sums, maxima and first argmax with ties and NaNs; meranet::ca_scale
-and meranet::ra_attend_bwd's ReLU-mask pass match torch.
+"""The vectorised CPU row kernels (csrc/cpu/ca_ra_cpu_kernels.h, fold_rows in csrc/cpu/simd.h) for both
+instruction sets, both layouts and lengths around the vector width and the task chunk: meranet::ca_pool (over
+positions), meranet::ra_pool (over channels of y * scale) and st_attention's channel pooling give exact sums,
+maxima and first argmax with ties and NaNs; meranet::ca_scale and meranet::ra_attend_bwd's ReLU-mask pass
+match torch.
 """
 from __future__ import annotations
 
