@@ -161,3 +161,37 @@ def test_st_attention_pool_exact_with_ties(monkeypatch, isa, layout, dtype, shap
     torch.testing.assert_close(pooled[:, 0].double(), u.mean(1), rtol=1e-6, atol=1e-6, equal_nan=True)
     torch.testing.assert_close(pooled[:, 1].double(), u.amax(1).float().double(), rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(argmax, _first_argmax(u, 1).int(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op", ["channel_attention", "ra_tail"])
+@pytest.mark.parametrize("shape", [(2, 9, 1, 3, 5), (1, 20, 3, 7, 11)])
+def test_channel_attention_backward_rows(monkeypatch, isa, layout, op, shape):
+    """ca_scale_grad / ca_input_grad rows (gu_vec, grad_dot_row, input_grad_row), with and without the
+    spatio-temporal maps (ra_tail passes them), through the public ops: every gradient against eager."""
+    from meranet_fast.ops import channel_attention, ra_tail
+    from meranet_fast.ops.reference import channel_attention_reference, ra_tail_reference
+
+    _isa(monkeypatch, isa)
+    n, c = shape[:2]
+    hidden = max(1, c // 4)
+    y = _layout(torch.randn(shape, dtype=torch.float64), layout)
+    weights = [torch.randn(hidden, c, dtype=torch.float64) / c ** 0.5, 0.1 * torch.randn(hidden, dtype=torch.float64),
+               torch.randn(c, hidden, dtype=torch.float64) / hidden ** 0.5, 0.1 * torch.randn(c, dtype=torch.float64)]
+    if op == "ra_tail":
+        weights = [_layout(torch.randn(shape, dtype=torch.float64), layout), *weights,
+                   torch.randn(1, 2, 3, 3, 3, dtype=torch.float64) * 0.3, 0.1 * torch.randn(1, dtype=torch.float64)]
+        fused, ref = (lambda *a: ra_tail(*a, backend="cpp")), ra_tail_reference
+    else:
+        fused = lambda *a: channel_attention(*a, backend="cpp")  # noqa: E731
+        ref = lambda *a: channel_attention_reference(*a)[0]  # noqa: E731
+    grad_out = torch.randn(shape, dtype=torch.float64)
+    results = []
+    for fn in (fused, ref):  # float32 kernels (the vector paths) against the float64 reference
+        leaves = [t.detach().requires_grad_() for t in [y, *weights]]
+        args = [t.float() for t in leaves] if fn is fused else leaves
+        out = fn(*args)
+        results.append(torch.autograd.grad((out.double() * grad_out).sum(), leaves))
+    for i, (got, want) in enumerate(zip(*results)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m, i=i: f"grad of input {i}: {m}")

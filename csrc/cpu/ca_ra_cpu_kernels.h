@@ -201,3 +201,76 @@ void scale_row(const scalar_t* v, const at::opmath_type<scalar_t>* mul, int64_t 
   }
   for (; i < len; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(v[i]) * mul[PER_ELEMENT ? i : 0]);
 }
+
+// Channel-attention backward along one (n, c) row of positions [0, len) (NCTHW). The gradient wrt
+// u = y * a is gu = g without STA; with STA (the fused tail: a spatio-temporal attention follows) it is
+// gu = g * A + gp0 * inv_c + gp1 * [I == c], from that attention's per-position maps of sample n.
+template <typename scalar_t, bool STA>
+inline at::opmath_type<scalar_t> gu_at(const scalar_t* g, const at::opmath_type<scalar_t>* A,
+                                       const at::opmath_type<scalar_t>* gp0, const at::opmath_type<scalar_t>* gp1,
+                                       const int32_t* I, int32_t c, at::opmath_type<scalar_t> inv_c, int64_t i) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t gu = static_cast<acc_t>(g[i]);
+  if constexpr (STA) gu = gu * A[i] + gp0[i] * inv_c + (I[i] == c ? gp1[i] : acc_t(0));
+  return gu;
+}
+
+// The vector form of gu_at (STA needs int32 lanes as wide as acc_t's: float only).
+template <typename scalar_t, bool STA>
+inline vec_t<at::opmath_type<scalar_t>> gu_vec(const scalar_t* g, const at::opmath_type<scalar_t>* A,
+                                               const at::opmath_type<scalar_t>* gp0,
+                                               const at::opmath_type<scalar_t>* gp1, const int32_t* I, int32_t c,
+                                               at::opmath_type<scalar_t> inv_c, int64_t i) {
+  using V = vec_t<at::opmath_type<scalar_t>>;
+  V gu = load_acc(g + i);
+  if constexpr (STA) {
+    const vec_t<int32_t> hit = loadu(I + i) == (vec_t<int32_t>{} + c);
+    gu = gu * loadu(A + i) + loadu(gp0 + i) * inv_c + (hit ? loadu(gp1 + i) : V{});
+  }
+  return gu;
+}
+
+template <typename scalar_t, bool STA>
+constexpr bool kGuVectorised = !STA || std::is_same_v<at::opmath_type<scalar_t>, float>;
+
+// sum_i gu[i] * y[i], in kChains fixed-order vector chains.
+template <typename scalar_t, bool STA>
+at::opmath_type<scalar_t> grad_dot_row(const scalar_t* g, const scalar_t* y, const at::opmath_type<scalar_t>* A,
+                                       const at::opmath_type<scalar_t>* gp0, const at::opmath_type<scalar_t>* gp1,
+                                       const int32_t* I, int32_t c, at::opmath_type<scalar_t> inv_c, int64_t len) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = vec_t<acc_t>;
+  constexpr int L = kLanesOf<acc_t>;
+  int64_t i = 0;
+  acc_t total = 0;
+  if constexpr (kGuVectorised<scalar_t, STA>) {
+    V dot[kChains] = {};
+    for (; i + kChains * L <= len; i += kChains * L) {
+      for (int k = 0; k < kChains; ++k) {
+        const int64_t j = i + k * L;
+        dot[k] += gu_vec<scalar_t, STA>(g, A, gp0, gp1, I, c, inv_c, j) * load_acc(y + j);
+      }
+    }
+    V sum = dot[0];
+    for (int k = 1; k < kChains; ++k) sum += dot[k];
+    for (int j = 0; j < L; ++j) total += sum[j];
+  }
+  for (; i < len; ++i) total += gu_at<scalar_t, STA>(g, A, gp0, gp1, I, c, inv_c, i) * static_cast<acc_t>(y[i]);
+  return total;
+}
+
+// out[i] = gu[i] * av + mean_term (the max term at the argmax is the caller's).
+template <typename scalar_t, bool STA>
+void input_grad_row(const scalar_t* g, const at::opmath_type<scalar_t>* A, const at::opmath_type<scalar_t>* gp0,
+                    const at::opmath_type<scalar_t>* gp1, const int32_t* I, int32_t c, at::opmath_type<scalar_t> inv_c,
+                    at::opmath_type<scalar_t> av, at::opmath_type<scalar_t> mean_term, int64_t len, scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int L = kLanesOf<acc_t>;
+  int64_t i = 0;
+  if constexpr (kGuVectorised<scalar_t, STA> && std::is_same_v<scalar_t, acc_t>) {
+    for (; i + L <= len; i += L) storeu(out + i, gu_vec<scalar_t, STA>(g, A, gp0, gp1, I, c, inv_c, i) * av + mean_term);
+  }
+  for (; i < len; ++i) {
+    out[i] = static_cast<scalar_t>(gu_at<scalar_t, STA>(g, A, gp0, gp1, I, c, inv_c, i) * av + mean_term);
+  }
+}

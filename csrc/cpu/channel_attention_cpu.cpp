@@ -158,8 +158,20 @@ template <typename scalar_t, bool CL, bool STA>
 void ca_scale_grad_kernel(const scalar_t* g, const scalar_t* y, StaGrad<at::opmath_type<scalar_t>> sta, int64_t N,
                           int64_t C, int64_t S, at::opmath_type<scalar_t>* ga) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t chunks = num_chunks(S);
   const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
+  if constexpr (!CL) {  // a task is one (n, c) row: a long contiguous dot product, no partials
+    const auto dot = MERANET_ISA_PICK(pool, grad_dot_row, scalar_t, STA);
+    at::parallel_for(0, N * C, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / C;
+        const acc_t* gp0 = STA ? sta.gpooled + n * 2 * S : nullptr;
+        ga[row] = dot(g + row * S, y + row * S, STA ? sta.attn + n * S : nullptr, gp0, STA ? gp0 + S : nullptr,
+                      STA ? sta.argmax + n * S : nullptr, static_cast<int32_t>(row % C), inv_c, S);
+      }
+    });
+    return;
+  }
+  const int64_t chunks = num_chunks(S);
   std::vector<acc_t> part(N * chunks * C);
   at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
@@ -170,33 +182,19 @@ void ca_scale_grad_kernel(const scalar_t* g, const scalar_t* y, StaGrad<at::opma
       const acc_t* gp0 = STA ? sta.gpooled + n * 2 * S : nullptr;
       const acc_t* gp1 = STA ? gp0 + S : nullptr;
       const int32_t* I = STA ? sta.argmax + n * S : nullptr;
-      if (!CL) {
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* grow = g + base + c * S;
-          const scalar_t* yrow = y + base + c * S;
-          acc_t total = 0;
-          for (int64_t s = s0; s < s1; ++s) {
-            acc_t gu = static_cast<acc_t>(grow[s]);
-            if (STA) gu = gu * A[s] + gp0[s] * inv_c + (I[s] == c ? gp1[s] : acc_t(0));
-            total += gu * static_cast<acc_t>(yrow[s]);
+      std::fill(acc, acc + C, acc_t(0));
+      for (int64_t s = s0; s < s1; ++s) {
+        const scalar_t* gcol = g + base + s * C;
+        const scalar_t* ycol = y + base + s * C;
+        if (STA) {
+          const acc_t As = A[s], m0 = gp0[s] * inv_c;
+          for (int64_t c = 0; c < C; ++c) {
+            acc[c] += (static_cast<acc_t>(gcol[c]) * As + m0) * static_cast<acc_t>(ycol[c]);
           }
-          acc[c] = total;
-        }
-      } else {
-        std::fill(acc, acc + C, acc_t(0));
-        for (int64_t s = s0; s < s1; ++s) {
-          const scalar_t* gcol = g + base + s * C;
-          const scalar_t* ycol = y + base + s * C;
-          if (STA) {
-            const acc_t As = A[s], m0 = gp0[s] * inv_c;
-            for (int64_t c = 0; c < C; ++c) {
-              acc[c] += (static_cast<acc_t>(gcol[c]) * As + m0) * static_cast<acc_t>(ycol[c]);
-            }
-            const int64_t ci = I[s];
-            acc[ci] += gp1[s] * static_cast<acc_t>(ycol[ci]);
-          } else {
-            for (int64_t c = 0; c < C; ++c) acc[c] += static_cast<acc_t>(gcol[c]) * static_cast<acc_t>(ycol[c]);
-          }
+          const int64_t ci = I[s];
+          acc[ci] += gp1[s] * static_cast<acc_t>(ycol[ci]);
+        } else {
+          for (int64_t c = 0; c < C; ++c) acc[c] += static_cast<acc_t>(gcol[c]) * static_cast<acc_t>(ycol[c]);
         }
       }
     }
@@ -213,8 +211,28 @@ void ca_input_grad_kernel(const scalar_t* g, const at::opmath_type<scalar_t>* sc
                           const int64_t* am, StaGrad<at::opmath_type<scalar_t>> sta, int64_t N, int64_t C, int64_t S,
                           scalar_t* gy) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t chunks = num_chunks(S);
   const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C), inv_s = acc_t(1) / static_cast<acc_t>(S);
+  if constexpr (!CL) {  // a task is one (n, c) row
+    const auto input_grad = MERANET_ISA_PICK(pool, input_grad_row, scalar_t, STA);
+    at::parallel_for(0, N * C, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / C;
+        const int32_t c = static_cast<int32_t>(row % C);
+        const acc_t* A = STA ? sta.attn + n * S : nullptr;
+        const acc_t* gp0 = STA ? sta.gpooled + n * 2 * S : nullptr;
+        const acc_t* gp1 = STA ? gp0 + S : nullptr;
+        const int32_t* I = STA ? sta.argmax + n * S : nullptr;
+        const acc_t av = scale[row], mean_term = gavg[row] * inv_s;
+        input_grad(g + row * S, A, gp0, gp1, I, c, inv_c, av, mean_term, S, gy + row * S);
+        // The max term at the argmax: that element again, with it added.
+        const int64_t sm = am[row];
+        const acc_t gu = pool_default::gu_at<scalar_t, STA>(g + row * S, A, gp0, gp1, I, c, inv_c, sm);
+        gy[row * S + sm] = static_cast<scalar_t>(gu * av + mean_term + gmax[row]);
+      }
+    });
+    return;
+  }
+  const int64_t chunks = num_chunks(S);
   at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / chunks, s0 = (task % chunks) * kChunk, s1 = std::min(S, s0 + kChunk);
@@ -224,38 +242,18 @@ void ca_input_grad_kernel(const scalar_t* g, const at::opmath_type<scalar_t>* sc
       const acc_t* gp0 = STA ? sta.gpooled + n * 2 * S : nullptr;
       const acc_t* gp1 = STA ? gp0 + S : nullptr;
       const int32_t* I = STA ? sta.argmax + n * S : nullptr;
-      if (!CL) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const scalar_t* gcol = g + base + s * C;
+        scalar_t* ocol = gy + base + s * C;
+        const acc_t As = STA ? A[s] : acc_t(1), m0 = STA ? gp0[s] * inv_c : acc_t(0);
+        const int64_t ci = STA ? I[s] : -1;
         for (int64_t c = 0; c < C; ++c) {
           const int64_t i = n * C + c;
-          const acc_t av = a[c], mean_term = gavg[i] * inv_s;
-          const scalar_t* grow = g + base + c * S;
-          scalar_t* orow = gy + base + c * S;
-          for (int64_t s = s0; s < s1; ++s) {
-            acc_t gu = static_cast<acc_t>(grow[s]);
-            if (STA) gu = gu * A[s] + gp0[s] * inv_c + (I[s] == c ? gp1[s] : acc_t(0));
-            orow[s] = static_cast<scalar_t>(gu * av + mean_term);
-          }
-          const int64_t sm = am[i];
-          if (sm >= s0 && sm < s1) {  // recompute that element with the max term added
-            acc_t gu = static_cast<acc_t>(grow[sm]);
-            if (STA) gu = gu * A[sm] + gp0[sm] * inv_c + (I[sm] == c ? gp1[sm] : acc_t(0));
-            orow[sm] = static_cast<scalar_t>(gu * av + mean_term + gmax[i]);
-          }
-        }
-      } else {
-        for (int64_t s = s0; s < s1; ++s) {
-          const scalar_t* gcol = g + base + s * C;
-          scalar_t* ocol = gy + base + s * C;
-          const acc_t As = STA ? A[s] : acc_t(1), m0 = STA ? gp0[s] * inv_c : acc_t(0);
-          const int64_t ci = STA ? I[s] : -1;
-          for (int64_t c = 0; c < C; ++c) {
-            const int64_t i = n * C + c;
-            acc_t gu = static_cast<acc_t>(gcol[c]) * As + m0;
-            if (STA && c == ci) gu += gp1[s];
-            acc_t v = gu * a[c] + gavg[i] * inv_s;
-            if (am[i] == s) v += gmax[i];
-            ocol[c] = static_cast<scalar_t>(v);
-          }
+          acc_t gu = static_cast<acc_t>(gcol[c]) * As + m0;
+          if (STA && c == ci) gu += gp1[s];
+          acc_t v = gu * a[c] + gavg[i] * inv_s;
+          if (am[i] == s) v += gmax[i];
+          ocol[c] = static_cast<scalar_t>(v);
         }
       }
     }
