@@ -115,6 +115,20 @@ inline int64_t pos_stride(const Plan& pl, const Big<T>& b) {
   return pl.merged ? b.sm : b.sw;
 }
 
+// Elementwise passes with positions innermost: a task is one channel c of one row of Wr positions
+// (the whole sample when merged: long contiguous streams for the hardware prefetchers), f(unit, c)
+// with the row's first unit widened to the full row.
+template <typename F>
+void for_each_channel_row(const Plan& pl, F&& f) {
+  at::parallel_for(0, pl.N * pl.R * pl.C, 4, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      Unit un = unit_at(pl, (t / pl.C) * pl.chunks);
+      un.len = pl.Wr;
+      f(un, t % pl.C);
+    }
+  });
+}
+
 // The walk shared by the tensors of one pass. The first tensor (x, or grad_x) decides the order.
 template <typename... Ts>
 Plan make_plan(const at::Tensor& ref, Big<Ts>&... bigs) {

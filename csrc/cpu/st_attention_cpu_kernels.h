@@ -48,36 +48,63 @@ void pad_maps(const Geometry& g, const acc_t* src, int64_t maps, acc_t* dst) {
   });
 }
 
+// Output rows per block of attn_from_pooled: each padded input row loaded once serves up to
+// kRowsPerBlock output rows (with different weights), so loads per multiply-add drop from 1 to ~1/4.
+constexpr int kRowsPerBlock = 4;
+
+// RB output rows h0 .. h0 + RB - 1 of (n, t), kBlockW columns from w0: attn = sigmoid(bias + conv).
+template <typename acc_t, int K, int RB>
+inline void attn_rows(const Geometry& g, const Padded& pd, const acc_t* Pp, const acc_t* w, acc_t bias, int64_t n,
+                      int64_t t, int64_t h0, int64_t w0, acc_t* attn) {
+  using V = vec_t<acc_t>;
+  constexpr int NV = kVecs<acc_t>, L = kLanesOf<acc_t>;
+  V acc[RB][NV];
+  for (int q = 0; q < RB; ++q) {
+    for (int v = 0; v < NV; ++v) acc[q][v] = V{} + bias;
+  }
+  for (int ch = 0; ch < 2; ++ch) {
+    for (int dt = 0; dt < K; ++dt) {
+      // Padded input row h0 + j feeds output row h0 + q through the kernel row dh = j - q.
+      for (int j = 0; j < K + RB - 1; ++j) {
+        const acc_t* prow = Pp + (((n * 2 + ch) * pd.Tp + t + dt) * pd.Hp + h0 + j) * pd.Wp + w0;
+        for (int dw = 0; dw < K; ++dw) {
+          V x[NV];
+          for (int v = 0; v < NV; ++v) x[v] = loadu(prow + dw + v * L);
+          for (int q = 0; q < RB; ++q) {
+            const int dh = j - q;
+            if (dh < 0 || dh >= K) continue;  // compile-time after unrolling
+            const acc_t wv = w[((ch * K + dt) * K + dh) * K + dw];
+            for (int v = 0; v < NV; ++v) acc[q][v] += wv * x[v];
+          }
+        }
+      }
+    }
+  }
+  const int64_t len = std::min<int64_t>(kBlockW, g.W - w0);
+  for (int q = 0; q < RB; ++q) {
+    acc_t res[kBlockW];
+    for (int v = 0; v < NV; ++v) storeu(res + v * L, sigmoid_vec<acc_t>(acc[q][v]));
+    acc_t* out = attn + n * g.S + (t * g.H + h0 + q) * g.W + w0;
+    for (int64_t i = 0; i < len; ++i) out[i] = res[i];
+  }
+}
+
 // attn [N, S] = sigmoid(bias + sum_{ch, taps} w[ch, tap] * Pp[n, ch, position + tap]).
 template <typename acc_t, int K>
 void attn_from_pooled(const Geometry& g, const acc_t* Pp, const acc_t* w, acc_t bias, acc_t* attn) {
   const Padded pd = padded(g);
   const int64_t T = g.T, H = g.H, W = g.W;
-  at::parallel_for(0, g.N * T * H, 8, [&](int64_t row0, int64_t row1) {
-    for (int64_t row = row0; row < row1; ++row) {
-      const int64_t n = row / (T * H), t = (row / H) % T, h = row % H;
-      acc_t* out = attn + n * g.S + (t * H + h) * W;
+  const int64_t blocks = (H + kRowsPerBlock - 1) / kRowsPerBlock;  // per (n, t); the last may be short
+  at::parallel_for(0, g.N * T * blocks, 2, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = b / (T * blocks), t = (b / blocks) % T, h0 = (b % blocks) * kRowsPerBlock;
+      const int64_t rows = std::min<int64_t>(kRowsPerBlock, H - h0);
       for (int64_t w0 = 0; w0 < W; w0 += kBlockW) {
-        using V = vec_t<acc_t>;
-        constexpr int NV = kVecs<acc_t>, L = kLanesOf<acc_t>;
-        V acc[NV];
-        for (int v = 0; v < NV; ++v) acc[v] = V{} + bias;
-        for (int ch = 0; ch < 2; ++ch) {
-          for (int dt = 0; dt < K; ++dt) {
-            for (int dh = 0; dh < K; ++dh) {
-              const acc_t* prow = Pp + (((n * 2 + ch) * pd.Tp + t + dt) * pd.Hp + h + dh) * pd.Wp + w0;
-              const acc_t* wr = w + ((ch * K + dt) * K + dh) * K;
-              for (int dw = 0; dw < K; ++dw) {
-                const acc_t wv = wr[dw];
-                for (int v = 0; v < NV; ++v) acc[v] += wv * loadu(prow + dw + v * L);
-              }
-            }
-          }
+        if (rows == kRowsPerBlock) {
+          attn_rows<acc_t, K, kRowsPerBlock>(g, pd, Pp, w, bias, n, t, h0, w0, attn);
+        } else {
+          for (int64_t h = h0; h < h0 + rows; ++h) attn_rows<acc_t, K, 1>(g, pd, Pp, w, bias, n, t, h, w0, attn);
         }
-        acc_t res[kBlockW];
-        for (int v = 0; v < NV; ++v) storeu(res + v * L, sigmoid_vec<acc_t>(acc[v]));
-        const int64_t len = std::min<int64_t>(kBlockW, W - w0);
-        for (int64_t j = 0; j < len; ++j) out[w0 + j] = res[j];
       }
     }
   });
@@ -375,6 +402,17 @@ void scale(const Plan& pl, const Big<const scalar_t>& x, const Big<scalar_t>& ou
            const at::opmath_type<scalar_t>* attn) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t C = pl.C, S = pl.S;
+  if constexpr (!CHAN_INNER) {
+    const int64_t xs = UNIT ? 1 : pos_stride(pl, x), os = UNIT ? 1 : pos_stride(pl, out);
+    for_each_channel_row(pl, [&](const Unit& un, int64_t c) {
+      const scalar_t* xr = x.p + unit_offset(pl, x, un) + c * x.sc;
+      scalar_t* orow = out.p + unit_offset(pl, out, un) + c * out.sc;
+      const acc_t* a = attn + un.n * S + un.pos;
+#pragma omp simd
+      for (int64_t i = 0; i < un.len; ++i) orow[i * os] = static_cast<scalar_t>(static_cast<acc_t>(xr[i * xs]) * a[i]);
+    });
+    return;
+  }
   at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       const Unit un = unit_at(pl, u);
@@ -382,23 +420,13 @@ void scale(const Plan& pl, const Big<const scalar_t>& x, const Big<scalar_t>& ou
       const scalar_t* xp = x.p + unit_offset(pl, x, un);
       scalar_t* op = out.p + unit_offset(pl, out, un);
       const acc_t* a = attn + un.n * S + un.pos;
-      if (CHAN_INNER) {
-        const int64_t xc = UNIT ? 1 : x.sc, oc = UNIT ? 1 : out.sc;
-        const int64_t xs = pos_stride(pl, x), os = pos_stride(pl, out);
-        for (int64_t i = 0; i < len; ++i) {
-          const scalar_t* xr = xp + i * xs;
-          scalar_t* orow = op + i * os;
-          const acc_t ai = a[i];
-          for (int64_t c = 0; c < C; ++c) orow[c * oc] = static_cast<scalar_t>(static_cast<acc_t>(xr[c * xc]) * ai);
-        }
-      } else {
-        const int64_t xs = UNIT ? 1 : pos_stride(pl, x), os = UNIT ? 1 : pos_stride(pl, out);
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* xr = xp + c * x.sc;
-          scalar_t* orow = op + c * out.sc;
-#pragma omp simd
-          for (int64_t i = 0; i < len; ++i) orow[i * os] = static_cast<scalar_t>(static_cast<acc_t>(xr[i * xs]) * a[i]);
-        }
+      const int64_t xc = UNIT ? 1 : x.sc, oc = UNIT ? 1 : out.sc;
+      const int64_t xs = pos_stride(pl, x), os = pos_stride(pl, out);
+      for (int64_t i = 0; i < len; ++i) {
+        const scalar_t* xr = xp + i * xs;
+        scalar_t* orow = op + i * os;
+        const acc_t ai = a[i];
+        for (int64_t c = 0; c < C; ++c) orow[c * oc] = static_cast<scalar_t>(static_cast<acc_t>(xr[c * xc]) * ai);
       }
     }
   });
@@ -452,6 +480,24 @@ void input_grad(const Plan& pl, const Big<const scalar_t>& g, const Big<scalar_t
                 const int32_t* argmax) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t C = pl.C, S = pl.S;
+  if constexpr (!CHAN_INNER) {
+    const int64_t gs = UNIT ? 1 : pos_stride(pl, g), os = UNIT ? 1 : pos_stride(pl, gx);
+    for_each_channel_row(pl, [&](const Unit& un, int64_t c) {
+      const scalar_t* gr = g.p + unit_offset(pl, g, un) + c * g.sc;
+      scalar_t* orow = gx.p + unit_offset(pl, gx, un) + c * gx.sc;
+      const acc_t* a = attn + un.n * S + un.pos;
+      const acc_t* m0 = gp + un.n * 2 * S + un.pos;
+      const acc_t* m1 = m0 + S;
+      const int32_t* am = argmax + un.n * S + un.pos;
+      const int32_t ci = static_cast<int32_t>(c);
+#pragma omp simd
+      for (int64_t i = 0; i < un.len; ++i) {
+        const acc_t peak = am[i] == ci ? m1[i] : acc_t(0);
+        orow[i * os] = static_cast<scalar_t>((static_cast<acc_t>(gr[i * gs]) * a[i] + m0[i]) + peak);
+      }
+    });
+    return;
+  }
   at::parallel_for(0, pl.units(), 1, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       const Unit un = unit_at(pl, u);
@@ -462,31 +508,17 @@ void input_grad(const Plan& pl, const Big<const scalar_t>& g, const Big<scalar_t
       const acc_t* m0 = gp + un.n * 2 * S + un.pos;
       const acc_t* m1 = m0 + S;
       const int32_t* am = argmax + un.n * S + un.pos;
-      if (CHAN_INNER) {
-        const int64_t gc = UNIT ? 1 : g.sc, oc = UNIT ? 1 : gx.sc;
-        const int64_t gs = pos_stride(pl, g), os = pos_stride(pl, gx);
-        for (int64_t i = 0; i < len; ++i) {
-          const scalar_t* gr = gpp + i * gs;
-          scalar_t* orow = op + i * os;
-          const acc_t ai = a[i], mi = m0[i];
-          for (int64_t c = 0; c < C; ++c) {
-            orow[c * oc] = static_cast<scalar_t>(static_cast<acc_t>(gr[c * gc]) * ai + mi);
-          }
-          const int64_t c = am[i];
-          orow[c * oc] = static_cast<scalar_t>((static_cast<acc_t>(gr[c * gc]) * ai + mi) + m1[i]);
-        }
-      } else {
-        const int64_t gs = UNIT ? 1 : pos_stride(pl, g), os = UNIT ? 1 : pos_stride(pl, gx);
+      const int64_t gc = UNIT ? 1 : g.sc, oc = UNIT ? 1 : gx.sc;
+      const int64_t gs = pos_stride(pl, g), os = pos_stride(pl, gx);
+      for (int64_t i = 0; i < len; ++i) {
+        const scalar_t* gr = gpp + i * gs;
+        scalar_t* orow = op + i * os;
+        const acc_t ai = a[i], mi = m0[i];
         for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* gr = gpp + c * g.sc;
-          scalar_t* orow = op + c * gx.sc;
-          const int32_t ci = static_cast<int32_t>(c);
-#pragma omp simd
-          for (int64_t i = 0; i < len; ++i) {
-            const acc_t peak = am[i] == ci ? m1[i] : acc_t(0);
-            orow[i * os] = static_cast<scalar_t>((static_cast<acc_t>(gr[i * gs]) * a[i] + m0[i]) + peak);
-          }
+          orow[c * oc] = static_cast<scalar_t>(static_cast<acc_t>(gr[c * gc]) * ai + mi);
         }
+        const int64_t c = am[i];
+        orow[c * oc] = static_cast<scalar_t>((static_cast<acc_t>(gr[c * gc]) * ai + mi) + m1[i]);
       }
     }
   });
