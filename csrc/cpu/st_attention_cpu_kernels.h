@@ -174,45 +174,66 @@ void logit_and_weight_grad(const Geometry& g, const acc_t* gA, const acc_t* A, c
   });
 }
 
+// RB output rows h0 .. h0 + RB - 1 of (n, t), kBlockW columns from w0, of both pooled gradients (as in
+// attn_rows: each loaded row of Gp serves up to RB output rows).
+template <typename acc_t, int K, int RB>
+inline void pooled_grad_rows(const Geometry& g, const Padded& pd, const acc_t* Gp, const acc_t* wflip, acc_t inv_c,
+                             int64_t n, int64_t t, int64_t h0, int64_t w0, acc_t* gP) {
+  using V = vec_t<acc_t>;
+  constexpr int NV = kVecs<acc_t>, L = kLanesOf<acc_t>, KKK = K * K * K;
+  V a0[RB][NV] = {}, a1[RB][NV] = {};
+  for (int dt = 0; dt < K; ++dt) {
+    for (int j = 0; j < K + RB - 1; ++j) {
+      const acc_t* grow = Gp + ((n * pd.Tp + t + dt) * pd.Hp + h0 + j) * pd.Wp + w0;
+      for (int dw = 0; dw < K; ++dw) {
+        V x[NV];
+        for (int v = 0; v < NV; ++v) x[v] = loadu(grow + dw + v * L);
+        for (int q = 0; q < RB; ++q) {
+          const int dh = j - q;
+          if (dh < 0 || dh >= K) continue;  // compile-time after unrolling
+          const int tap = (dt * K + dh) * K + dw;
+          const acc_t u0 = wflip[tap], u1 = wflip[KKK + tap];
+          for (int v = 0; v < NV; ++v) {
+            a0[q][v] += u0 * x[v];
+            a1[q][v] += u1 * x[v];
+          }
+        }
+      }
+    }
+  }
+  const int64_t len = std::min<int64_t>(kBlockW, g.W - w0);
+  for (int q = 0; q < RB; ++q) {
+    acc_t r0[kBlockW], r1[kBlockW];
+    for (int v = 0; v < NV; ++v) {
+      storeu(r0 + v * L, a0[q][v] * inv_c);
+      storeu(r1 + v * L, a1[q][v]);
+    }
+    acc_t* out0 = gP + n * 2 * g.S + (t * g.H + h0 + q) * g.W + w0;
+    acc_t* out1 = out0 + g.S;
+    for (int64_t i = 0; i < len; ++i) {
+      out0[i] = r0[i];
+      out1[i] = r1[i];
+    }
+  }
+}
+
 // gP [N, 2, S]: gP[ch, q] = sum_taps w[ch, tap] gL[q - tap + r] = sum_taps wflip[ch, tap] Gp[q + tap];
 // the mean map's gradient is stored divided by C.
 template <typename acc_t, int K>
 void pooled_grad(const Geometry& g, const acc_t* Gp, const acc_t* wflip, int64_t C, acc_t* gP) {
   const Padded pd = padded(g);
   const int64_t T = g.T, H = g.H, W = g.W;
-  at::parallel_for(0, g.N * T * H, 8, [&](int64_t row0, int64_t row1) {
-    for (int64_t row = row0; row < row1; ++row) {
-      const int64_t n = row / (T * H), t = (row / H) % T, h = row % H;
-      acc_t* out0 = gP + n * 2 * g.S + (t * H + h) * W;
-      acc_t* out1 = out0 + g.S;
+  const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
+  const int64_t blocks = (H + kRowsPerBlock - 1) / kRowsPerBlock;
+  at::parallel_for(0, g.N * T * blocks, 2, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = b / (T * blocks), t = (b / blocks) % T, h0 = (b % blocks) * kRowsPerBlock;
+      const int64_t rows = std::min<int64_t>(kRowsPerBlock, H - h0);
       for (int64_t w0 = 0; w0 < W; w0 += kBlockW) {
-        using V = vec_t<acc_t>;
-        constexpr int NV = kVecs<acc_t>, L = kLanesOf<acc_t>;
-        V a0[NV] = {}, a1[NV] = {};
-        for (int dt = 0; dt < K; ++dt) {
-          for (int dh = 0; dh < K; ++dh) {
-            const acc_t* grow = Gp + ((n * pd.Tp + t + dt) * pd.Hp + h + dh) * pd.Wp + w0;
-            const acc_t* w0r = wflip + (dt * K + dh) * K;
-            const acc_t* w1r = w0r + K * K * K;
-            for (int dw = 0; dw < K; ++dw) {
-              const acc_t u0 = w0r[dw], u1 = w1r[dw];
-              for (int v = 0; v < NV; ++v) {
-                const V x = loadu(grow + dw + v * L);
-                a0[v] += u0 * x;
-                a1[v] += u1 * x;
-              }
-            }
-          }
-        }
-        acc_t r0[kBlockW], r1[kBlockW];
-        for (int v = 0; v < NV; ++v) {
-          storeu(r0 + v * L, a0[v] / static_cast<acc_t>(C));
-          storeu(r1 + v * L, a1[v]);
-        }
-        const int64_t len = std::min<int64_t>(kBlockW, W - w0);
-        for (int64_t j = 0; j < len; ++j) {
-          out0[w0 + j] = r0[j];
-          out1[w0 + j] = r1[j];
+        if (rows == kRowsPerBlock) {
+          pooled_grad_rows<acc_t, K, kRowsPerBlock>(g, pd, Gp, wflip, inv_c, n, t, h0, w0, gP);
+        } else {
+          for (int64_t h = h0; h < h0 + rows; ++h) pooled_grad_rows<acc_t, K, 1>(g, pd, Gp, wflip, inv_c, n, t, h, w0, gP);
         }
       }
     }
