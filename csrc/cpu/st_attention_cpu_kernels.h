@@ -89,24 +89,34 @@ inline void attn_rows(const Geometry& g, const Padded& pd, const acc_t* Pp, cons
   }
 }
 
+// Calls block(rb, n, t, h0, w0) for every kBlockW-column block of every group of kRowsPerBlock output
+// rows h0 .. of (n, t), rb = std::integral_constant<int, kRowsPerBlock>, or rb = 1 row by row for a
+// short last group; parallel over the groups.
+template <typename F>
+void for_each_row_block(const Geometry& g, F&& block) {
+  const int64_t T = g.T, H = g.H, W = g.W;
+  const int64_t groups = (H + kRowsPerBlock - 1) / kRowsPerBlock;  // per (n, t)
+  at::parallel_for(0, g.N * T * groups, 2, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = b / (T * groups), t = (b / groups) % T, h0 = (b % groups) * kRowsPerBlock;
+      const int64_t rows = std::min<int64_t>(kRowsPerBlock, H - h0);
+      for (int64_t w0 = 0; w0 < W; w0 += kBlockW) {
+        if (rows == kRowsPerBlock) {
+          block(std::integral_constant<int, kRowsPerBlock>{}, n, t, h0, w0);
+        } else {
+          for (int64_t h = h0; h < h0 + rows; ++h) block(std::integral_constant<int, 1>{}, n, t, h, w0);
+        }
+      }
+    }
+  });
+}
+
 // attn [N, S] = sigmoid(bias + sum_{ch, taps} w[ch, tap] * Pp[n, ch, position + tap]).
 template <typename acc_t, int K>
 void attn_from_pooled(const Geometry& g, const acc_t* Pp, const acc_t* w, acc_t bias, acc_t* attn) {
   const Padded pd = padded(g);
-  const int64_t T = g.T, H = g.H, W = g.W;
-  const int64_t blocks = (H + kRowsPerBlock - 1) / kRowsPerBlock;  // per (n, t); the last may be short
-  at::parallel_for(0, g.N * T * blocks, 2, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n = b / (T * blocks), t = (b / blocks) % T, h0 = (b % blocks) * kRowsPerBlock;
-      const int64_t rows = std::min<int64_t>(kRowsPerBlock, H - h0);
-      for (int64_t w0 = 0; w0 < W; w0 += kBlockW) {
-        if (rows == kRowsPerBlock) {
-          attn_rows<acc_t, K, kRowsPerBlock>(g, pd, Pp, w, bias, n, t, h0, w0, attn);
-        } else {
-          for (int64_t h = h0; h < h0 + rows; ++h) attn_rows<acc_t, K, 1>(g, pd, Pp, w, bias, n, t, h, w0, attn);
-        }
-      }
-    }
+  for_each_row_block(g, [&](auto rb, int64_t n, int64_t t, int64_t h0, int64_t w0) {
+    attn_rows<acc_t, K, decltype(rb)::value>(g, pd, Pp, w, bias, n, t, h0, w0, attn);
   });
 }
 
@@ -222,21 +232,9 @@ inline void pooled_grad_rows(const Geometry& g, const Padded& pd, const acc_t* G
 template <typename acc_t, int K>
 void pooled_grad(const Geometry& g, const acc_t* Gp, const acc_t* wflip, int64_t C, acc_t* gP) {
   const Padded pd = padded(g);
-  const int64_t T = g.T, H = g.H, W = g.W;
   const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
-  const int64_t blocks = (H + kRowsPerBlock - 1) / kRowsPerBlock;
-  at::parallel_for(0, g.N * T * blocks, 2, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n = b / (T * blocks), t = (b / blocks) % T, h0 = (b % blocks) * kRowsPerBlock;
-      const int64_t rows = std::min<int64_t>(kRowsPerBlock, H - h0);
-      for (int64_t w0 = 0; w0 < W; w0 += kBlockW) {
-        if (rows == kRowsPerBlock) {
-          pooled_grad_rows<acc_t, K, kRowsPerBlock>(g, pd, Gp, wflip, inv_c, n, t, h0, w0, gP);
-        } else {
-          for (int64_t h = h0; h < h0 + rows; ++h) pooled_grad_rows<acc_t, K, 1>(g, pd, Gp, wflip, inv_c, n, t, h, w0, gP);
-        }
-      }
-    }
+  for_each_row_block(g, [&](auto rb, int64_t n, int64_t t, int64_t h0, int64_t w0) {
+    pooled_grad_rows<acc_t, K, decltype(rb)::value>(g, pd, Gp, wflip, inv_c, n, t, h0, w0, gP);
   });
 }
 
