@@ -478,7 +478,21 @@ void attn_grad(const Plan& pl, const Big<const scalar_t>& g, const Big<const sca
       } else {
         const int64_t gs = UNIT ? 1 : pos_stride(pl, g), xs = UNIT ? 1 : pos_stride(pl, x);
         for (int64_t i = 0; i < len; ++i) acc[i] = 0;
-        for (int64_t c = 0; c < C; ++c) {
+        // Four channels per sweep over acc (a one-channel sweep is bound by the stores to acc).
+        int64_t c = 0;
+        for (; c + 4 <= C; c += 4) {
+          const scalar_t* g0 = gp + c * g.sc;
+          const scalar_t* x0 = xp + c * x.sc;
+#pragma omp simd
+          for (int64_t i = 0; i < len; ++i) {
+            acc_t v = acc[i];
+            for (int k = 0; k < 4; ++k) {
+              v += static_cast<acc_t>(g0[k * g.sc + i * gs]) * static_cast<acc_t>(x0[k * x.sc + i * xs]);
+            }
+            acc[i] = v;
+          }
+        }
+        for (; c < C; ++c) {
           const scalar_t* gr = gp + c * g.sc;
           const scalar_t* xr = xp + c * x.sc;
 #pragma omp simd
