@@ -167,11 +167,13 @@ def test_cpp_grad_out_with_any_strides(g_kind):
 @CPP
 @pytest.mark.parametrize("isa", ["default", "auto"])
 @pytest.mark.parametrize("k", [3, 5, 7])
-def test_cpp_both_instruction_sets(monkeypatch, isa, k):
-    """The small-map kernels exist for baseline x86-64 and AVX2+FMA (MERANET_CPU_ISA=default forces the former)."""
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d"])
+def test_cpp_both_instruction_sets(monkeypatch, isa, k, layout):
+    """All CPU kernels exist for baseline x86-64 and AVX2+FMA (MERANET_CPU_ISA=default forces the former);
+    H = 6 exercises a full and a short group of rows of the row-blocked small-map kernels."""
     if isa == "default":
         monkeypatch.setenv("MERANET_CPU_ISA", "default")
-    x, w, b = _inputs((2, 9, 4, 6, 21), k=k, dtype=torch.float32, layout="channels_last_3d")
+    x, w, b = _inputs((2, 9, 4, 6, 21), k=k, dtype=torch.float32, layout=layout)
     g = torch.randn_like(x)
     got = _grads(lambda *a: st_attention(*a, backend="cpp"), x, w, b, g)
     ref = _grads(_ref, x.double(), w.double(), b.double(), g.double())
