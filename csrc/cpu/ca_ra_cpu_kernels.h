@@ -146,31 +146,23 @@ void pool_channels(const scalar_t* yn, const at::opmath_type<scalar_t>* scale, i
   }
 }
 
-// Residual-attention tail backward along a contiguous row: gz[i] = g[i] * [out[i] > 0] (written) and
-// the dot products sum_i gz[i] * y[i] * m[i] with m[i] = mul[i] (PER_ELEMENT) or mul[0]:
-//  * PER_ELEMENT (channels_last_3d, a row is one position's channels): returns the dot product;
-//  * otherwise (NCTHW, a row is one channel's positions): adds each term to gA[i], returns 0.
-template <typename scalar_t, bool PER_ELEMENT>
-at::opmath_type<scalar_t> relu_grad_row(const scalar_t* g, const scalar_t* out, const scalar_t* y,
-                                        const at::opmath_type<scalar_t>* mul, int64_t len, scalar_t* gz,
-                                        at::opmath_type<scalar_t>* gA) {
+// Residual-attention tail backward, the ReLU mask: gz = g * [out > 0] (written), and the terms
+// gz * y * m of the attention-map gradient gA = sum_c gz * y * scale[c].
+
+// channels_last_3d, one position's channels [0, len) (m[i] = mul[i]): returns sum_i gz[i] * y[i] * m[i].
+template <typename scalar_t>
+at::opmath_type<scalar_t> relu_grad_dot(const scalar_t* g, const scalar_t* out, const scalar_t* y,
+                                        const at::opmath_type<scalar_t>* mul, int64_t len, scalar_t* gz) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = vec_t<acc_t>;
   constexpr int L = kLanesOf<acc_t>;
   V dot = V{};
   int64_t i = 0;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {  // gz is written in acc_t: a vector store
-    const V m0 = V{} + mul[0];
     for (; i + L <= len; i += L) {
-      const V gv = loadu(g + i), ov = loadu(out + i);
-      const V gzv = ov > V{} ? gv : V{};
+      const V gzv = loadu(out + i) > V{} ? loadu(g + i) : V{};
       storeu(gz + i, gzv);
-      const V m = PER_ELEMENT ? loadu(mul + i) : m0;
-      if constexpr (PER_ELEMENT) {
-        dot += gzv * loadu(y + i) * m;
-      } else {
-        storeu(gA + i, loadu(gA + i) + gzv * loadu(y + i) * m);
-      }
+      dot += gzv * loadu(y + i) * loadu(mul + i);
     }
   }
   acc_t total = 0;
@@ -178,14 +170,58 @@ at::opmath_type<scalar_t> relu_grad_row(const scalar_t* g, const scalar_t* out, 
   for (; i < len; ++i) {
     const acc_t gv = static_cast<acc_t>(out[i]) > acc_t(0) ? static_cast<acc_t>(g[i]) : acc_t(0);
     gz[i] = static_cast<scalar_t>(gv);
-    const acc_t term = gv * static_cast<acc_t>(y[i]) * mul[PER_ELEMENT ? i : 0];
-    if constexpr (PER_ELEMENT) {
-      total += term;
-    } else {
-      gA[i] += term;
-    }
+    total += gv * static_cast<acc_t>(y[i]) * mul[i];
   }
   return total;
+}
+
+// NCTHW, NR channel rows (row_stride apart, scales mul[0 .. NR)) over positions [0, len): adds their
+// terms to gA[i] in row order, gA loaded and stored once per NR rows.
+template <int NR, typename scalar_t>
+inline void relu_grad_fold(const scalar_t* g, const scalar_t* out, const scalar_t* y,
+                           const at::opmath_type<scalar_t>* mul, int64_t row_stride, int64_t len, scalar_t* gz,
+                           at::opmath_type<scalar_t>* gA) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = vec_t<acc_t>;
+  constexpr int L = kLanesOf<acc_t>;
+  int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for (; i + L <= len; i += L) {
+      V acc = loadu(gA + i);
+      for (int r = 0; r < NR; ++r) {
+        const int64_t o = r * row_stride + i;
+        const V gzv = loadu(out + o) > V{} ? loadu(g + o) : V{};
+        storeu(gz + o, gzv);
+        acc += gzv * loadu(y + o) * mul[r];
+      }
+      storeu(gA + i, acc);
+    }
+  }
+  for (; i < len; ++i) {
+    acc_t acc = gA[i];
+    for (int r = 0; r < NR; ++r) {
+      const int64_t o = r * row_stride + i;
+      const acc_t gv = static_cast<acc_t>(out[o]) > acc_t(0) ? static_cast<acc_t>(g[o]) : acc_t(0);
+      gz[o] = static_cast<scalar_t>(gv);
+      acc += gv * static_cast<acc_t>(y[o]) * mul[r];
+    }
+    gA[i] = acc;
+  }
+}
+
+// relu_grad_fold over `rows` channel rows: groups of kFoldRows, then the rest one by one.
+template <typename scalar_t>
+void relu_grad_rows(const scalar_t* g, const scalar_t* out, const scalar_t* y, const at::opmath_type<scalar_t>* mul,
+                    int64_t rows, int64_t row_stride, int64_t len, scalar_t* gz, at::opmath_type<scalar_t>* gA) {
+  int64_t r = 0;
+  for (; r + kFoldRows <= rows; r += kFoldRows) {
+    const int64_t o = r * row_stride;
+    relu_grad_fold<kFoldRows>(g + o, out + o, y + o, mul + r, row_stride, len, gz + o, gA);
+  }
+  for (; r < rows; ++r) {
+    const int64_t o = r * row_stride;
+    relu_grad_fold<1>(g + o, out + o, y + o, mul + r, row_stride, len, gz + o, gA);
+  }
 }
 
 // out[i] = v[i] * m[i] with m[i] = mul[i] (PER_ELEMENT) or mul[0].

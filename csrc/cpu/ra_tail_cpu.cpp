@@ -68,30 +68,37 @@ template <typename scalar_t, bool CL>
 void ra_attend_kernel(const scalar_t* y, const scalar_t* sc, const at::opmath_type<scalar_t>* scale,
                       const at::opmath_type<scalar_t>* attn, Geometry g, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t N = g.N, C = g.C, S = g.S, chunks = num_chunks(S);
+  const int64_t N = g.N, C = g.C, S = g.S;
+  if constexpr (!CL) {  // a task is one (n, c) row: long contiguous streams
+    at::parallel_for(0, N * C, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const acc_t av = scale[row];
+        const acc_t* A = attn + (row / C) * S;
+        const scalar_t* yr = y + row * S;
+        const scalar_t* sr = sc + row * S;
+        scalar_t* orow = out + row * S;
+#pragma omp simd
+        for (int64_t s = 0; s < S; ++s) {
+          const acc_t z = static_cast<acc_t>(yr[s]) * av * A[s] + static_cast<acc_t>(sr[s]);
+          orow[s] = static_cast<scalar_t>(z > acc_t(0) ? z : acc_t(0));
+        }
+      }
+    });
+    return;
+  }
+  const int64_t chunks = num_chunks(S);
   at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / chunks, s0 = (task % chunks) * kChunk, s1 = std::min(S, s0 + kChunk);
       const int64_t base = n * C * S;
       const acc_t* A = attn + n * S;
       const acc_t* a = scale + n * C;
-      if (!CL) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t off = base + s * C;
+        const acc_t As = A[s];
         for (int64_t c = 0; c < C; ++c) {
-          const acc_t av = a[c];
-          const int64_t off = base + c * S;
-          for (int64_t s = s0; s < s1; ++s) {
-            const acc_t z = static_cast<acc_t>(y[off + s]) * av * A[s] + static_cast<acc_t>(sc[off + s]);
-            out[off + s] = static_cast<scalar_t>(z > acc_t(0) ? z : acc_t(0));
-          }
-        }
-      } else {
-        for (int64_t s = s0; s < s1; ++s) {
-          const int64_t off = base + s * C;
-          const acc_t As = A[s];
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t z = static_cast<acc_t>(y[off + c]) * a[c] * As + static_cast<acc_t>(sc[off + c]);
-            out[off + c] = static_cast<scalar_t>(z > acc_t(0) ? z : acc_t(0));
-          }
+          const acc_t z = static_cast<acc_t>(y[off + c]) * a[c] * As + static_cast<acc_t>(sc[off + c]);
+          out[off + c] = static_cast<scalar_t>(z > acc_t(0) ? z : acc_t(0));
         }
       }
     }
@@ -108,7 +115,8 @@ void ra_attend_grad_kernel(const scalar_t* grad, const scalar_t* out, const scal
                            at::opmath_type<scalar_t>* grad_attn) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = g.N, C = g.C, S = g.S, chunks = num_chunks(S);
-  const auto row_grad = MERANET_ISA_PICK(pool, relu_grad_row, scalar_t, CL);
+  const auto grad_rows = MERANET_ISA_PICK(pool, relu_grad_rows, scalar_t);
+  const auto grad_dot = MERANET_ISA_PICK(pool, relu_grad_dot, scalar_t);
   at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / chunks, s0 = (task % chunks) * kChunk, s1 = std::min(S, s0 + kChunk);
@@ -117,14 +125,12 @@ void ra_attend_grad_kernel(const scalar_t* grad, const scalar_t* out, const scal
       acc_t* gA = grad_attn + n * S + s0;
       if (!CL) {
         std::fill(gA, gA + len, acc_t(0));
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t off = base + c * S + s0;
-          row_grad(grad + off, out + off, y + off, a + c, len, gz + off, gA);
-        }
+        const int64_t off = base + s0;
+        grad_rows(grad + off, out + off, y + off, a, C, S, len, gz + off, gA);
       } else {
         for (int64_t i = 0; i < len; ++i) {
           const int64_t off = base + (s0 + i) * C;
-          gA[i] = row_grad(grad + off, out + off, y + off, a, C, gz + off, nullptr);
+          gA[i] = grad_dot(grad + off, out + off, y + off, a, C, gz + off);
         }
       }
     }
