@@ -42,10 +42,12 @@ RowStats<at::opmath_type<scalar_t>> reduce_row_pass(const scalar_t* v, const at:
   if (len >= kChains * L) {
     V sum[kChains], best[kChains];
     I idx[kChains], arg[kChains];
+    lane_index_t<acc_t> iota[kChains * L];
+    for (int j = 0; j < kChains * L; ++j) iota[j] = j;
     for (int k = 0; k < kChains; ++k) {
       sum[k] = V{};
       best[k] = V{} + neg_inf;
-      for (int j = 0; j < L; ++j) idx[k][j] = k * L + j;
+      idx[k] = loadu(iota + k * L);
       arg[k] = idx[k];
     }
     for (; i + kChains * L <= len; i += kChains * L) {

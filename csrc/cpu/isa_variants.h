@@ -1,6 +1,7 @@
 // Compiles a kernel header twice (csrc/cpu/isa.h): into namespace <PREFIX>_default for baseline
 // x86-64 and into <PREFIX>_avx2 under `#pragma GCC target("avx2,fma")` with fp-contract=fast (so
-// multiply-adds become FMAs), each copy preceded by the SIMD helpers (csrc/cpu/simd.h).
+// multiply-adds become FMAs), each copy preceded by the SIMD helpers (csrc/cpu/simd.h) with vectors of
+// MERANET_VEC_BYTES = 16 and 32 bytes.
 //
 //   #define MERANET_KERNELS_HEADER "st_attention_cpu_kernels.h"
 //   #define MERANET_KERNELS_PREFIX maps
@@ -19,6 +20,7 @@
 // -Wpsabi (for the rest of the file, where the templates are instantiated): the 32-byte vector
 // helpers are internal and inlined, so no ABI is crossed.
 #pragma GCC diagnostic ignored "-Wpsabi"
+#define MERANET_VEC_BYTES 16
 namespace MERANET_ISA_CAT(MERANET_KERNELS_PREFIX, _default) {
 #include "simd.h"
 #include MERANET_KERNELS_HEADER
@@ -27,6 +29,8 @@ namespace MERANET_ISA_CAT(MERANET_KERNELS_PREFIX, _default) {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #pragma GCC optimize("fp-contract=fast")
+#undef MERANET_VEC_BYTES
+#define MERANET_VEC_BYTES 32
 namespace MERANET_ISA_CAT(MERANET_KERNELS_PREFIX, _avx2) {
 #include "simd.h"
 #include MERANET_KERNELS_HEADER
@@ -34,6 +38,7 @@ namespace MERANET_ISA_CAT(MERANET_KERNELS_PREFIX, _avx2) {
 #pragma GCC pop_options
 #endif
 
+#undef MERANET_VEC_BYTES
 #undef MERANET_ISA_CAT
 #undef MERANET_ISA_CAT2
 #undef MERANET_KERNELS_HEADER

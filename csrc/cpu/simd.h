@@ -1,36 +1,25 @@
-// SIMD helpers of the CPU kernels: 32-byte vectors (GCC vector extensions), unaligned loads and
+// SIMD helpers of the CPU kernels: native-width vectors (GCC vector extensions), unaligned loads and
 // stores, widening loads, a vector exp / sigmoid, the NaN-aware running-max test and the row fold of
 // the pooling reductions across the contiguous dimension.
 //
 // Like the kernel headers that use it, this file is included inside a namespace once per instruction
 // set (csrc/cpu/isa.h): the same code becomes ymm instructions under `#pragma GCC target("avx2,fma")`
-// and pairs of xmm instructions for baseline x86-64. So it has no include guard and includes nothing;
+// and xmm instructions for baseline x86-64. So it has no include guard and includes nothing;
 // the includer provides <ATen/OpMathType.h>, <cmath>, <cstdint> and <type_traits>.
 
-// 32-byte SIMD vectors (GCC vector extensions): ymm registers where AVX2 is compiled in, pairs of xmm
-// registers otherwise.
+// SIMD vectors (GCC vector extensions) as wide as the instruction set of the copy being compiled:
+// kVecBytes = MERANET_VEC_BYTES, set by csrc/cpu/isa_variants.h to 32 (ymm registers) for the AVX2 copy
+// and 16 (xmm registers) for baseline x86-64. (32-byte vectors on baseline x86-64 would be split into xmm
+// pairs and their selects partly scalarised: up to 25x slower.)
+constexpr int kVecBytes = MERANET_VEC_BYTES;
 template <typename T>
-struct Vec32;
-template <>
-struct Vec32<float> {
-  typedef float type __attribute__((vector_size(32)));
-};
-template <>
-struct Vec32<double> {
-  typedef double type __attribute__((vector_size(32)));
-};
-template <>
-struct Vec32<int32_t> {
-  typedef int32_t type __attribute__((vector_size(32)));
-};
-template <>
-struct Vec32<int64_t> {
-  typedef int64_t type __attribute__((vector_size(32)));
+struct Vec {
+  typedef T type __attribute__((vector_size(kVecBytes)));
 };
 template <typename T>
-using vec_t = typename Vec32<T>::type;
+using vec_t = typename Vec<T>::type;
 template <typename T>
-constexpr int kLanesOf = 32 / sizeof(T);
+constexpr int kLanesOf = kVecBytes / sizeof(T);
 
 template <typename T>
 inline vec_t<T> loadu(const T* p) {
@@ -83,8 +72,8 @@ inline vec_t<at::opmath_type<scalar_t>> load_acc(const scalar_t* p) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return loadu(p);
   } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    typedef uint16_t u16x8 __attribute__((vector_size(16)));
-    u16x8 bits;
+    typedef uint16_t u16_lanes __attribute__((vector_size(kVecBytes / 2)));
+    u16_lanes bits;
     __builtin_memcpy(&bits, p, sizeof(bits));
     const vec_t<int32_t> wide = __builtin_convertvector(bits, vec_t<int32_t>) << 16;
     return (vec_t<float>)wide;  // bfloat16 is the high half of a float
