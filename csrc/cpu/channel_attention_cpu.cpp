@@ -2,10 +2,11 @@
 //
 // Every kernel views an activation as [N, C, S] (S = T*H*W) in one of two dense layouts: NCTHW
 // (positions contiguous) or channels_last_3d (channels contiguous), with the inner loop running
-// along the contiguous dimension. Work is split into tasks of (sample, chunk of kChunk positions);
-// reductions over positions write one partial row per task and are summed in a fixed order
-// afterwards, so results do not depend on the thread count. Accumulation: float32 (float64 for
-// float64 inputs).
+// along the contiguous dimension (the vectorised rows are in ca_ra_cpu_kernels.h). NCTHW work is split
+// into (n, c) rows, long contiguous streams; channels_last_3d work into tasks of (sample, chunk of
+// kChunk positions), whose reductions over positions write one partial row per task, summed in a
+// fixed order afterwards. Either way results do not depend on the thread count. Accumulation: float32
+// (float64 for float64 inputs).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

@@ -1,7 +1,8 @@
 // CPU kernels of the fused residual-attention tail (csrc/ra_tail.h).
 //
 // Same scheme as csrc/cpu/channel_attention_cpu.cpp: activations viewed as [N, C, S] in NCTHW or
-// channels_last_3d, tasks of (sample, chunk of positions), fixed-order reduction of per-task partials.
+// channels_last_3d; elementwise NCTHW passes run whole (n, c) rows, reductions over channels run tasks
+// of (sample, chunk of kChunk positions) (vectorised rows in ca_ra_cpu_kernels.h).
 // The k^3 (2 -> 1) conv of the pooled maps and its backward are the st_attention kernels
 // (csrc/cpu/pooled_attention_cpu.h).
 #include <ATen/ATen.h>
