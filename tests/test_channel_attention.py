@@ -205,7 +205,7 @@ def test_cpp_torch_compile_fullgraph(layout):
 
 
 @needs_cpp
-def test_cpp_autocast_bf16_with_float32_parameters():
+def test_cpp_autocast_bf16_with_float32_parameters(native_cpu_conv):
     """Under CPU autocast the activations are bf16 while the parameters stay float32."""
     x = torch.randn(2, 3, 2, 6, 6)
     conv = torch.nn.Conv3d(3, 16, 3, padding=1)
@@ -217,8 +217,7 @@ def test_cpp_autocast_bf16_with_float32_parameters():
         ref = channel_attention_reference(y, *weights)[0]
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
-    # The gradient reaching the conv output (not the conv's own bf16 weight gradient: torch 2.14.1's
-    # CPU bf16 conv3d backward returns non-finite garbage for this input even without our op).
+    # The gradient reaching the conv output.
     (gy,) = torch.autograd.grad(out.float().sum(), y, retain_graph=True)
     (ref_gy,) = torch.autograd.grad(ref.float().sum(), y)
     assert gy.dtype == torch.bfloat16 and torch.isfinite(gy).all()
@@ -227,6 +226,7 @@ def test_cpp_autocast_bf16_with_float32_parameters():
     torch.testing.assert_close(gy.float().sum(dim=(2, 3, 4)), ref_gy.float().sum(dim=(2, 3, 4)), atol=5e-2, rtol=3e-2)
     out.float().sum().backward()
     assert all(w.grad is not None and w.grad.dtype == torch.float32 for w in weights)
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
 
 
 @needs_cpp

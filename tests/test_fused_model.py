@@ -159,7 +159,7 @@ def test_adam_steps_give_the_same_loss_curve():
     torch.testing.assert_close(torch.tensor(fused_curve), torch.tensor(eager_curve), rtol=2e-3, atol=1e-4)
 
 
-def test_autocast_bfloat16_forward_and_backward():
+def test_autocast_bfloat16_forward_and_backward(native_cpu_conv):
     fused, eager = _pair(meranet10)
     x = torch.randn(SHAPE)
     outs = []

@@ -203,7 +203,7 @@ def test_cpp_torch_compile_fullgraph(layout):
 
 
 @needs_cpp
-def test_cpp_autocast_bf16_with_float32_parameters():
+def test_cpp_autocast_bf16_with_float32_parameters(native_cpu_conv):
     x = torch.randn(2, 16, 2, 6, 6)
     conv = torch.nn.Conv3d(16, 16, 3, padding=1)
     params = [p.requires_grad_() for p in make_args((2, 16, 2, 6, 6), 4, 5)[2:]]

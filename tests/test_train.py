@@ -137,6 +137,38 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def _nan_gradients_on(calls_to_poison):
+    """A model factory whose fc weight gradient is NaN on the given (1-based) backward passes."""
+    def factory(num_classes):
+        model = build_model("meranet10", num_classes, "eager")
+        calls = {"n": 0}
+
+        def hook(grad):
+            calls["n"] += 1
+            return grad * float("nan") if calls["n"] in calls_to_poison else grad
+
+        model.fc.weight.register_hook(hook)
+        return model
+    return factory
+
+
+def test_bf16_skips_steps_with_non_finite_gradients(tmp_path, native_cpu_conv):
+    cfg = tiny(tmp_path, amp="bf16")
+    run_training(cfg, model_factory=_nan_gradients_on({2, 4}))
+    rows = _history(tmp_path)
+    assert [int(r["skipped_steps"]) for r in rows] == [1, 1]  # 2 steps per epoch (9 clips, batches of 4)
+    state = load_checkpoint(str(tmp_path / "last.pt"))
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    adam = state["optimizer"]["state"]
+    assert all(torch.isfinite(s["exp_avg"]).all() and torch.isfinite(s["exp_avg_sq"]).all() for s in adam.values())
+
+
+def test_bf16_stops_when_most_steps_have_non_finite_gradients(tmp_path, native_cpu_conv):
+    cfg = tiny(tmp_path, amp="bf16")
+    with pytest.raises(TrainingDiverged, match=r"NaN/inf in 2 of 2 steps of epoch 2.*last\.pt \(epoch 1\)"):
+        run_training(cfg, model_factory=_nan_gradients_on({3, 4}))
+
+
 def test_loso_pools_folds(tmp_path):
     cfg = tiny(tmp_path, protocol="loso", synth_subjects=2, epochs=1, model="resnet3d10")
     summary = run_training(cfg)

@@ -86,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _opt(g, "--select-metric", "validation score choosing the best epoch", choices=("accuracy", "uf1", "uar",
                                                                                    "f1", "loss"))
     g = parser.add_argument_group("speed")
-    _opt(g, "--amp", "automatic mixed precision: none, bf16 or fp16 (fp16 on CUDA only)",
+    _opt(g, "--amp", "automatic mixed precision: none, bf16 or fp16 (fp16 on CUDA only); "
+         "steps with NaN/inf gradients are skipped",
          choices=("none", "bf16", "fp16"))
     g.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
                    help="torch.compile the model (default: off)")

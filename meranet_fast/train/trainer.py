@@ -4,7 +4,8 @@ What a run writes (rank 0 only) in its folder (one sub-folder per fold for leave
 
 - ``config.json``: the configuration and the resolved choices (classes, attention backend, ...);
 - ``last.pt`` after every epoch and ``best.pt`` when the validation score improves, written atomically;
-- ``metrics.csv``: one row per epoch (losses, accuracies, validation UF1/UAR, learning rate, time);
+- ``metrics.csv``: one row per epoch (losses, accuracies, validation UF1/UAR, learning rate, time, skipped
+  steps);
 - ``curves.png``, ``confusion_matrix.png`` and ``result.json`` (test metrics and per-sample predictions)
   at the end; ``results.json`` at the top summarises the run (pooled over folds for LOSO).
 
@@ -13,6 +14,13 @@ flips only on ``(seed, e, index)``, and ``last.pt`` holds the model, optimizer, 
 and the Python/NumPy/torch generator states, so a run stopped after epoch ``k`` and resumed ends with the
 same weights and metrics as an uninterrupted one (bit-exact on CPU; on GPU as far as the kernels are
 deterministic).
+
+Non-finite gradients: with ``--amp fp16`` the gradient scaler skips a step whose gradients overflowed; with
+``--amp bf16`` the trainer does the same itself (one reduction over the gradients per step). The reason is
+torch's CPU bf16 conv3d (oneDNN), whose weight gradient is non-finite in a few percent of backward passes
+with torch 2.14.1 (``tests/conftest.py``); applying such a step would turn the weights and Adam's moments
+into NaN. Skipped steps are counted in ``metrics.csv``; an epoch that skips more than half of its steps
+stops the run (:class:`TrainingDiverged`).
 """
 from __future__ import annotations
 
@@ -52,7 +60,7 @@ SELECT_METRICS = ("accuracy", "uf1", "uar", "f1", "loss")
 #: Training steps between two finiteness checks of the running loss (and progress-bar refreshes).
 CHECK_EVERY = 10
 _CSV_FIELDS = ("epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_uf1", "val_uar",
-               "epoch_seconds", "best")
+               "epoch_seconds", "skipped_steps", "best")
 
 
 class TrainingDiverged(RuntimeError):
@@ -167,7 +175,7 @@ class Trainer:
             w = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
             w.writeheader()
             for row in history:
-                w.writerow({k: row[k] for k in _CSV_FIELDS})
+                w.writerow({k: row.get(k, "") for k in _CSV_FIELDS})  # older runs lack skipped_steps
         os.replace(tmp, self.path("metrics.csv"))
 
     # ------------------------------------------------------------------ evaluation
@@ -213,6 +221,11 @@ class Trainer:
             raise TrainingDiverged(
                 f"training loss became {value} at epoch {epoch + 1}, step {step + 1}; stopped without saving. "
                 f"{last_good} Try a lower --lr, --amp none, or check the data.")
+
+    def _gradients_finite(self, model: nn.Module) -> bool:
+        """Whether every gradient of ``model`` is finite (the largest magnitude is NaN or inf otherwise)."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf)))
 
     def fit(self) -> FoldResult | None:
         """Train (resuming from ``last.pt`` when ``cfg.resume``), then test the best-validation weights.
@@ -294,7 +307,7 @@ class Trainer:
                                 num_workers=cfg.workers, pin_memory=self.device.type == "cuda", drop_last=drop_last)
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device)
-            seen = 0
+            seen = skipped = 0
             last_good = (f"The last good checkpoint is {last_path} (epoch {epoch})." if epoch > 0
                          else "No checkpoint was written (it diverged in the first epoch).")
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
@@ -307,8 +320,11 @@ class Trainer:
                 loss = F.cross_entropy(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                if cfg.amp == "bf16" and not self._gradients_finite(base):
+                    skipped += 1  # see the module docstring; the scaler does this for fp16
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
                 scheduler.step()
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
@@ -317,6 +333,12 @@ class Trainer:
                     self._check_finite(loss_sum, epoch, step, last_good)
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                                     lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if skipped * 2 > len(loader):
+                raise TrainingDiverged(
+                    f"the gradients were NaN/inf in {skipped} of {len(loader)} steps of epoch {epoch + 1}; stopped "
+                    f"without saving. {last_good} Try --amp none or a lower --lr.")
+            if skipped:
+                self.log(f"epoch {epoch + 1}: skipped {skipped} of {len(loader)} steps with non-finite gradients")
             totals = dist.mean(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=self.device)]))
             dist.broadcast_buffers(base)
             val = self.evaluate(eval_net, self.val_ds)
@@ -329,7 +351,8 @@ class Trainer:
                    "train_loss": float(totals[0] / totals[2]), "train_accuracy": float(totals[1] / totals[2]),
                    "val_loss": val["loss"], "val_accuracy": val["metrics"]["accuracy"],
                    "val_uf1": val["metrics"]["uf1"], "val_uar": val["metrics"]["uar"],
-                   "epoch_seconds": round(time.perf_counter() - t0, 3), "best": int(improved)}
+                   "epoch_seconds": round(time.perf_counter() - t0, 3), "skipped_steps": skipped,
+                   "best": int(improved)}
             history.append(row)
             if dist.is_main:
                 if improved:
