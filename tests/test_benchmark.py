@@ -311,6 +311,37 @@ def test_profiler_attributes_attention_forward_and_backward_by_sequence_number()
     assert not model.sta._forward_hooks and not model.sta._forward_pre_hooks  # hooks removed
 
 
+class _ToyBlock(torch.nn.Module):
+    """A residual block with an attention tail: the 'residual' part sleeps outside the attention module."""
+
+    attention = True
+
+    def __init__(self):
+        super().__init__()
+        self.ca, self.sta = torch.nn.Identity(), SpatioTemporalAttention3d()
+
+    def forward(self, x):
+        return self._attention_tail(_Sleepy.apply(x, 0.05, 0.06), x)
+
+    def _attention_tail(self, y, identity):
+        return _Sleepy.apply(self.sta(self.ca(y)), 0.01, 0.015) + identity
+
+
+def test_profiler_attributes_the_whole_attention_tail():
+    from meranet_fast.benchmark.model_bench import profile_attention
+
+    model = _ToyBlock()
+    x = torch.randn(3, 4, requires_grad=True)
+    res = profile_attention(model, lambda: model(x).sum().backward(), torch.device("cpu"))
+    sta, tail = res["sta"], res["tail"]
+    assert sta["calls"] == 1 and tail["calls"] == 1
+    # the module: 20 ms forward, 30 ms backward; the tail adds 10 ms / 15 ms outside it; the 50 / 60 ms
+    # before the tail are not counted
+    assert 0.019 * 1e3 <= sta["forward_ms"] < 0.045 * 1e3 and 0.029 * 1e3 <= sta["backward_ms"] < 0.055 * 1e3
+    assert 0.029 * 1e3 <= tail["forward_ms"] < 0.055 * 1e3 and 0.044 * 1e3 <= tail["backward_ms"] < 0.07 * 1e3
+    assert "_attention_tail" not in vars(model)  # the scope wrapper is removed again
+
+
 @pytest.mark.slow
 def test_model_benchmark_tiny_clip(tmp_path):
     from meranet_fast.benchmark.model_bench import run_model_benchmark
@@ -326,6 +357,7 @@ def test_model_benchmark_tiny_clip(tmp_path):
     assert prof["model"] == "meranet18-eager" and prof["attention_modules"] == 16
     assert prof["sta"]["calls"] == 8 and prof["ca"]["calls"] == 8 and prof["sta"]["forward_ms"] > 0
     assert prof["sta"]["backward_ms"] == 0.0  # inference: no backward
+    assert prof["tail"]["calls"] == 8 and prof["tail"]["forward_ms"] >= prof["sta"]["forward_ms"]
     assert len(prof["runs_attention_ms"]) == 2 and prof["total"]["attention_ms"] == min(prof["runs_attention_ms"])
     assert "attention time" in report.format_model_table(res)
     assert report.plot_model_times(res, tmp_path / "m.png").stat().st_size > 0
@@ -345,3 +377,6 @@ def test_fused_model_profile_sees_the_fused_tail_without_changing_the_path():
     # 8 blocks, each one meranet:: tail op; the modules were not hooked, so no fallback to them
     assert res["ca"]["calls"] == 0 and res["sta"]["calls"] == 0 and res["fused"]["calls"] == 8
     assert res["fused"]["forward_ms"] > 0 and res["fused"]["backward_ms"] > 0
+    # the whole-tail scopes hold the fused ops (plus the views of the CA weights they are given)
+    assert res["tail"]["calls"] == 8 and res["tail"]["forward_ms"] >= res["fused"]["forward_ms"]
+    assert res["tail"]["backward_ms"] >= res["fused"]["backward_ms"]

@@ -23,6 +23,11 @@ an attention scope is counted (its full time, including gradient accumulation in
 counted: ``AccumulateGrad`` of the attention parameters (no sequence number; tiny tensors) and the
 optimizer's update of them. The compiled variant is not profiled (hooks and scopes do not survive
 compilation as module boundaries).
+
+Whole tails. The fused operator also does the block's residual add and ReLU, which the eager block runs
+outside its attention modules. So the profile also reports ``tail``: the time of every block's
+``relu(sta(ca(y)) + shortcut)`` (the block's ``_attention_tail`` runs inside a ``record_function`` scope
+during profiling; attributed like the modules), the same computation for both variants.
 """
 from __future__ import annotations
 
@@ -42,6 +47,8 @@ __all__ = ["MODEL_VARIANTS", "ATTENTION_SCOPES", "attention_scopes", "profile_at
 MODEL_VARIANTS = ("resnet3d18", "meranet18-eager", "meranet18-fused", "meranet18-fused-compile")
 #: record_function scope name per attention module class.
 ATTENTION_SCOPES = {"ChannelAttention3d": "meranet.bench.ca", "SpatioTemporalAttention3d": "meranet.bench.sta"}
+#: record_function scope around each residual block's whole attention tail (attention + residual + ReLU).
+TAIL_SCOPE = "meranet.bench.tail"
 _EVAL_PREFIX = "autograd::engine::evaluate_function: "
 
 
@@ -68,10 +75,22 @@ def _fused_attention_modules(model: torch.nn.Module) -> set[int]:
     return skip
 
 
+def _scoped(fn: Callable, scope: str) -> Callable:
+    def run(*args, **kwargs):
+        with torch.profiler.record_function(scope):
+            return fn(*args, **kwargs)
+    return run
+
+
 @contextlib.contextmanager
 def attention_scopes(model: torch.nn.Module):
-    """Wrap the forward of every (unfused) attention module of ``model`` in a ``record_function`` scope."""
+    """Wrap the forward of every (unfused) attention module of ``model`` in a ``record_function`` scope,
+    and every block's attention tail (``_attention_tail`` of blocks with ``ca`` and ``sta``) in
+    :data:`TAIL_SCOPE`."""
     handles = []
+    tails = [m for m in model.modules() if getattr(m, "attention", False) and hasattr(m, "_attention_tail")]
+    for block in tails:
+        block._attention_tail = _scoped(block._attention_tail, TAIL_SCOPE)  # instance attribute, removed below
     fused = _fused_attention_modules(model)
     for module in model.modules():
         scope = ATTENTION_SCOPES.get(type(module).__name__)
@@ -94,6 +113,8 @@ def attention_scopes(model: torch.nn.Module):
     finally:
         for h in handles:
             h.remove()
+        for block in tails:
+            del block._attention_tail
 
 
 def _descendants(event):
@@ -106,18 +127,33 @@ def attribute_attention(events) -> dict:
     """Attention time in ms from profiler ``events`` (see the module docstring for the method).
 
     Returns ``{"ca"|"sta"|"fused": {"forward_ms", "backward_ms", "forward_device_ms", "backward_device_ms",
-    "calls", ...}}`` plus ``"total"`` summed over them. ``fused`` holds ``meranet::*`` operator calls that
-    are not inside a module scope (the fused RA tail: CA + STA + residual add + ReLU in one op).
+    "calls", ...}}`` plus ``"total"`` summed over them, and ``"tail"`` (whole attention tails, residual add
+    and ReLU included). ``fused`` holds ``meranet::*`` operator calls that are not inside a module scope
+    (the fused RA tail: CA + STA + residual add + ReLU in one op).
     """
     scopes = set(ATTENTION_SCOPES.values())
 
-    def key(name: str) -> str | None:
+    def module_key(name: str) -> str | None:
         if name in scopes:
             return name
         return "fused" if name.startswith(FUSED_OP_PREFIX) else None
 
+    out = _attribute(events, module_key, (*scopes, "fused"))
+    total = {k: sum(v[k] for v in out.values()) for k in ("forward_ms", "backward_ms", "forward_device_ms",
+                                                         "backward_device_ms", "calls")}
+    res = {{"meranet.bench.ca": "ca", "meranet.bench.sta": "sta"}.get(s, s): v for s, v in out.items()}
+    res["total"] = total
+    res["tail"] = _attribute(events, lambda name: name if name == TAIL_SCOPE else None, (TAIL_SCOPE,))[TAIL_SCOPE]
+    for v in res.values():
+        v["attention_ms"] = v["forward_ms"] + v["backward_ms"]
+        v["attention_device_ms"] = v["forward_device_ms"] + v["backward_device_ms"]
+    return res
+
+
+def _attribute(events, key: Callable[[str], str | None], keys: Sequence[str]) -> dict:
+    """Forward and backward time per key of the outermost events that ``key`` names (module docstring)."""
     out = {s: {"forward_ms": 0.0, "backward_ms": 0.0, "forward_device_ms": 0.0, "backward_device_ms": 0.0,
-               "calls": 0} for s in (*scopes, "fused")}
+               "calls": 0} for s in keys}
     seq_owner: dict[tuple[int, int], str] = {}
     for ev in events:
         k = key(ev.name)
@@ -149,14 +185,7 @@ def attribute_attention(events) -> dict:
             continue
         out[owner]["backward_ms"] += ev.cpu_time_total / 1e3
         out[owner]["backward_device_ms"] += getattr(ev, "device_time_total", 0.0) / 1e3
-    total = {k: sum(v[k] for v in out.values()) for k in ("forward_ms", "backward_ms", "forward_device_ms",
-                                                         "backward_device_ms", "calls")}
-    res = {{"meranet.bench.ca": "ca", "meranet.bench.sta": "sta"}.get(s, s): v for s, v in out.items()}
-    res["total"] = total
-    for v in res.values():
-        v["attention_ms"] = v["forward_ms"] + v["backward_ms"]
-        v["attention_device_ms"] = v["forward_device_ms"] + v["backward_device_ms"]
-    return res
+    return out
 
 
 def profile_attention(model: torch.nn.Module, fn: Callable[[], object], device: torch.device) -> dict:
@@ -315,5 +344,7 @@ def run_model_benchmark(
         "attention_profile": profiles,
         "attention_method": ("forward: record_function scopes opened by forward hooks on the attention modules; "
                              "backward: autograd evaluate_function events whose sequence number belongs to an "
-                             "op recorded inside a scope; times are profiler CPU totals (device totals on CUDA)"),
+                             "op recorded inside a scope; times are profiler CPU totals (device totals on CUDA); "
+                             "tail: the same for a scope around each block's whole attention tail "
+                             "relu(sta(ca(y)) + shortcut)"),
     }

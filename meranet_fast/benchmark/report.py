@@ -128,6 +128,7 @@ def format_model_table(results: dict) -> str:
                          f"CA {p['ca']['attention_ms']:.1f}, STA {p['sta']['attention_ms']:.1f}, "
                          f"fused ops {p.get('fused', {}).get('attention_ms', 0.0):.1f}) = "
                          f"{100 * p['attention_fraction']:.1f}% of the profiled {p['profiled_call_ms']:.0f} ms"
+                         + (f"; whole tails {p['tail']['attention_ms']:.1f} ms" if "tail" in p else "")
                          + (f"; all runs {', '.join(f'{v:.0f}' for v in p['runs_attention_ms'])} ms"
                             if len(p.get("runs_attention_ms", [])) > 1 else ""))
     checks = cpu_target_checks(results)
@@ -162,6 +163,10 @@ def cpu_target_checks(results: dict) -> list[str]:
         ratio = p["total"]["attention_ms"] / e["total"]["attention_ms"]
         out.append(f"{'PASS' if ratio <= 0.25 else 'FAIL'} {mode} batch={batch} {dt}: fused attention / eager "
                    f"attention = {ratio:.2f}")
+        if p.get("tail", {}).get("attention_ms") and e.get("tail", {}).get("attention_ms"):
+            ratio = p["tail"]["attention_ms"] / e["tail"]["attention_ms"]
+            out.append(f"{'PASS' if ratio <= 0.25 else 'FAIL'} {mode} batch={batch} {dt}: fused tail / eager tail "
+                       f"(both CA + STA + residual add + ReLU) = {ratio:.2f}")
     return out
 
 

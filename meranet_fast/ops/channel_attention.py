@@ -33,6 +33,7 @@ own dtype.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -107,6 +108,7 @@ class Kernels(NamedTuple):
     ra_attend_bwd: object
 
 
+@functools.lru_cache(maxsize=None)  # looked up on every call of the operators
 def kernels(backend: str) -> Kernels:
     """The ops of a resolved backend (``"cpp"`` and ``"cuda"``: ``torch.ops.meranet.ca_pool`` ..., whose
     dispatcher picks the CPU or CUDA kernel from the tensors' device; ``"triton"``:

@@ -146,10 +146,13 @@ def _setup_context(ctx, inputs, output):
                           avg, mx, ca_argmax)
     ctx.has_st_bias = st_bias is not None
     ctx.backend = backend
+    ctx.set_materialize_grads(False)  # no zero tensors for the saved maps' (never used) gradients
 
 
 def _backward(ctx, grad_out, *_grad_saved_maps):
     # Only `out` is a public output (ra_tail returns it alone); the other outputs are saved maps.
+    if grad_out is None:
+        return (None,) * 9
     (y, out, w_reduce, b_reduce, w_expand, b_expand, st_weight, a, attn, pooled, sta_argmax, avg, mx,
      ca_argmax) = ctx.saved_tensors
     k = kernels(ctx.backend)
