@@ -42,8 +42,10 @@ def _ties(shape, dtype):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-# S around the vector width (8 / 4 lanes) and past the 1024-position task chunk; C odd and even
-@pytest.mark.parametrize("shape", [(2, 3, 1, 1, 7), (1, 9, 1, 3, 3), (2, 17, 2, 5, 13), (1, 5, 3, 19, 23)])
+# S around the vector width (8 / 4 lanes), below and above the short-row limit (one accumulator chain below
+# 4 * 4 vectors, four above) and past the 1024-position task chunk; C odd and even
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1, 7), (1, 9, 1, 3, 3), (1, 6, 1, 7, 11), (2, 17, 2, 5, 13),
+                                   (1, 5, 3, 19, 23)])
 def test_ca_pool_exact_with_ties(monkeypatch, isa, layout, dtype, shape):
     _isa(monkeypatch, isa)
     y = _layout(_ties(shape, dtype), layout)
@@ -57,7 +59,8 @@ def test_ca_pool_exact_with_ties(monkeypatch, isa, layout, dtype, shape):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 1, 1, 2, 3), (1, 7, 2, 3, 3), (2, 8, 1, 4, 5), (1, 37, 3, 19, 23)])
+@pytest.mark.parametrize("shape", [(2, 1, 1, 2, 3), (1, 7, 2, 3, 3), (2, 8, 1, 4, 5), (1, 130, 1, 2, 3),
+                                   (1, 37, 3, 19, 23)])
 def test_ra_pool_exact_with_ties(monkeypatch, isa, layout, dtype, shape):
     _isa(monkeypatch, isa)
     y = _layout(_ties(shape, dtype), layout)
@@ -89,6 +92,23 @@ def test_pools_propagate_nan_to_the_first_nan(monkeypatch, isa, layout):
     assert torch.isnan(pooled[1, 1, 0, 0, 3]) and argmax[1, 0, 0, 3] == 2
     assert argmax[0, 0, 1, 1] == 4 and argmax[0, 1, 2, 5] == 4
     torch.testing.assert_close(argmax[0, 1, 0, 0], y[0, :, 1, 0, 0].argmax().int())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pools_propagate_nan_on_long_rows(monkeypatch, isa, layout):
+    """The same on rows long enough for the four-chain reduction (both pools)."""
+    _isa(monkeypatch, isa)
+    y = torch.randn(1, 130, 1, 1, 300)
+    y[0, 1, 0, 0, 200] = torch.nan
+    y[0, 1, 0, 0, 150] = torch.nan  # the first NaN of channel 1's row
+    y[0, 100, 0, 0, 7] = torch.nan
+    y[0, 120, 0, 0, 7] = torch.nan  # a later channel at the same position
+    y = _layout(y, layout)
+    _, mx, idx = torch.ops.meranet.ca_pool(y)
+    assert torch.isnan(mx[0, 1]) and idx[0, 1] == 150 and torch.isfinite(mx[0, 2:100]).all()
+    pooled, argmax = torch.ops.meranet.ra_pool(y, torch.ones(1, 130))
+    assert torch.isnan(pooled[0, 1, 0, 0, 7]) and argmax[0, 0, 0, 7] == 100 and argmax[0, 0, 0, 150] == 1
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -25,11 +25,12 @@ struct RowStats {
 };
 
 // Sum, max and first argmax over i < len (< 2^31) of u[i] = v[i], times mul[i] when SCALED.
-// kChains independent sets of vector accumulators hide the add / blend latencies. Without NAN_AWARE
+// CHAINS independent sets of vector accumulators hide the add / blend latencies (kChains for long
+// rows; short rows take one chain, whose final merge of the lanes costs a quarter). Without NAN_AWARE
 // a plain `>` (fewer instructions) ignores NaNs; reduce_row below redoes a row whose sum is NaN.
 constexpr int kChains = 4;
 
-template <typename scalar_t, bool SCALED, bool NAN_AWARE>
+template <typename scalar_t, bool SCALED, bool NAN_AWARE, int CHAINS>
 RowStats<at::opmath_type<scalar_t>> reduce_row_pass(const scalar_t* v, const at::opmath_type<scalar_t>* mul,
                                                     int64_t len) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -39,19 +40,19 @@ RowStats<at::opmath_type<scalar_t>> reduce_row_pass(const scalar_t* v, const at:
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   RowStats<acc_t> r{acc_t(0), neg_inf, 0};
   int64_t i = 0;
-  if (len >= kChains * L) {
-    V sum[kChains], best[kChains];
-    I idx[kChains], arg[kChains];
-    lane_index_t<acc_t> iota[kChains * L];
-    for (int j = 0; j < kChains * L; ++j) iota[j] = j;
-    for (int k = 0; k < kChains; ++k) {
+  if (len >= CHAINS * L) {
+    V sum[CHAINS], best[CHAINS];
+    I idx[CHAINS], arg[CHAINS];
+    lane_index_t<acc_t> iota[CHAINS * L];
+    for (int j = 0; j < CHAINS * L; ++j) iota[j] = j;
+    for (int k = 0; k < CHAINS; ++k) {
       sum[k] = V{};
       best[k] = V{} + neg_inf;
       idx[k] = loadu(iota + k * L);
       arg[k] = idx[k];
     }
-    for (; i + kChains * L <= len; i += kChains * L) {
-      for (int k = 0; k < kChains; ++k) {
+    for (; i + CHAINS * L <= len; i += CHAINS * L) {
+      for (int k = 0; k < CHAINS; ++k) {
         V u = load_acc(v + i + k * L);
         if constexpr (SCALED) u = u * loadu(mul + i + k * L);
         sum[k] += u;
@@ -63,15 +64,15 @@ RowStats<at::opmath_type<scalar_t>> reduce_row_pass(const scalar_t* v, const at:
         }
         best[k] = take ? u : best[k];
         arg[k] = take ? idx[k] : arg[k];
-        idx[k] += kChains * L;
+        idx[k] += CHAINS * L;
       }
     }
     // Merge the chains and lanes; of equal maxima (or NaNs) the smaller index.
     V total = sum[0];
-    for (int k = 1; k < kChains; ++k) total += sum[k];
+    for (int k = 1; k < CHAINS; ++k) total += sum[k];
     r = {total[0], best[0][0], arg[0][0]};
     for (int j = 1; j < L; ++j) r.sum += total[j];
-    for (int k = 0; k < kChains; ++k) {
+    for (int k = 0; k < CHAINS; ++k) {
       for (int j = 0; j < L; ++j) {
         const acc_t b = best[k][j];
         const bool same = b == r.max || (b != b && r.max != r.max);
@@ -94,22 +95,33 @@ RowStats<at::opmath_type<scalar_t>> reduce_row_pass(const scalar_t* v, const at:
   return r;
 }
 
+template <typename scalar_t, bool SCALED, int CHAINS>
+RowStats<at::opmath_type<scalar_t>> reduce_row_chains(const scalar_t* v, const at::opmath_type<scalar_t>* mul,
+                                                      int64_t len) {
+  const auto r = reduce_row_pass<scalar_t, SCALED, false, CHAINS>(v, mul, len);
+  return r.sum == r.sum ? r : reduce_row_pass<scalar_t, SCALED, true, CHAINS>(v, mul, len);
+}
+
 // A NaN in the row makes its sum NaN: only then is the NaN-aware pass needed.
 template <typename scalar_t, bool SCALED>
 RowStats<at::opmath_type<scalar_t>> reduce_row(const scalar_t* v, const at::opmath_type<scalar_t>* mul,
                                                int64_t len) {
-  const auto r = reduce_row_pass<scalar_t, SCALED, false>(v, mul, len);
-  return r.sum == r.sum ? r : reduce_row_pass<scalar_t, SCALED, true>(v, mul, len);
+  constexpr int64_t kShortRow = 4 * kChains * kLanesOf<at::opmath_type<scalar_t>>;
+  return len < kShortRow ? reduce_row_chains<scalar_t, SCALED, 1>(v, mul, len)
+                         : reduce_row_chains<scalar_t, SCALED, kChains>(v, mul, len);
 }
 
-// Channel attention, NCTHW: sum, max and first argmax of the row v[0, len), len < 2^31.
+// Channel attention, NCTHW: sum, max and first argmax of each of `rows` consecutive rows
+// v[r * len, (r + 1) * len), len < 2^31 (one call per task: the rows may be short).
 template <typename scalar_t>
-void pool_row(const scalar_t* v, int64_t len, at::opmath_type<scalar_t>* sum, at::opmath_type<scalar_t>* best,
-              int64_t* arg) {
-  const auto st = reduce_row<scalar_t, false>(v, nullptr, len);
-  *sum = st.sum;
-  *best = st.max;
-  *arg = st.argmax;
+void pool_rows(const scalar_t* v, int64_t rows, int64_t len, at::opmath_type<scalar_t>* sum,
+               at::opmath_type<scalar_t>* best, int64_t* arg) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto st = reduce_row<scalar_t, false>(v + r * len, nullptr, len);
+    sum[r] = st.sum;
+    best[r] = st.max;
+    arg[r] = st.argmax;
+  }
 }
 
 // Channel attention, channels_last_3d: for every channel c of the sample yn ([S, C]), the sum, max and

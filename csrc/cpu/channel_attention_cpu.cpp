@@ -82,12 +82,16 @@ void ca_pool_kernel(const scalar_t* y, int64_t N, int64_t C, int64_t S, at::opma
   std::vector<acc_t> psum(N * chunks * C), pmax(N * chunks * C);
   std::vector<int64_t> pidx(N * chunks * C);
   if constexpr (!CL) {
-    const auto pool = MERANET_ISA_PICK(pool, pool_row, scalar_t);
+    const auto pool = MERANET_ISA_PICK(pool, pool_rows, scalar_t);
     at::parallel_for(0, N * C * chunks, 4, [&](int64_t begin, int64_t end) {
+      if (chunks == 1) {  // whole rows, the usual case: task = row = n * C + c, partial index j = row
+        pool(y + begin * S, end - begin, S, &psum[begin], &pmax[begin], &pidx[begin]);
+        return;
+      }
       for (int64_t task = begin; task < end; ++task) {
         const int64_t row = task / chunks, k = task % chunks, n = row / C, c = row % C;
         const int64_t s0 = k * chunk, s1 = std::min(S, s0 + chunk), j = (n * chunks + k) * C + c;
-        pool(y + row * S + s0, s1 - s0, &psum[j], &pmax[j], &pidx[j]);
+        pool(y + row * S + s0, 1, s1 - s0, &psum[j], &pmax[j], &pidx[j]);
         pidx[j] += s0;
       }
     });
