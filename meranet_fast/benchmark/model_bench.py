@@ -85,7 +85,7 @@ def _scoped(fn: Callable, scope: str) -> Callable:
 @contextlib.contextmanager
 def attention_scopes(model: torch.nn.Module):
     """Wrap the forward of every (unfused) attention module of ``model`` in a ``record_function`` scope,
-    and every block's attention tail (``_attention_tail`` of blocks with ``ca`` and ``sta``) in
+    and every attention block's tail (its ``_attention_tail``, for blocks whose ``attention`` is set) in
     :data:`TAIL_SCOPE`."""
     handles = []
     tails = [m for m in model.modules() if getattr(m, "attention", False) and hasattr(m, "_attention_tail")]
