@@ -297,3 +297,39 @@ class TestOnGPU:
         torch.library.opcheck(fwd, (x, weight, b))
         _, attn, pooled, argmax = fwd(x, weight, b)
         torch.library.opcheck(bwd, (g, x, weight, attn, pooled, argmax))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d"])
+def test_triton_pools_propagate_nan_like_the_cpp_kernels(layout):
+    """All three Triton pools (st_attention's and ra_pool over channels, ca_pool over positions) follow
+    torch.amax and the C++ kernels: a NaN is the maximum and the first NaN gets the argmax, also when the
+    NaNs lie in different chunks (16 channels / 128 positions per chunk under the interpreter)."""
+    import meranet_fast.ops.triton.channel_attention  # noqa: F401  (registers the ops)
+    import meranet_fast.ops.triton.ra_tail  # noqa: F401
+    from meranet_fast import _extension
+
+    if not _extension.is_loaded():
+        pytest.skip("the C++ kernels to compare with are not built")
+    nan = float("nan")
+    y = torch.randn(2, 40, 1, 12, 25)  # C = 40: three channel chunks; S = 300: three position chunks
+    y[0, 1, 0, 8, 0] = y[0, 1, 0, 10, 20] = nan  # channel 1 of sample 0: positions 200 (first) and 270
+    y[0, 3, 0, 5, 5] = y[0, 3, 0, 0, 5] = nan  # positions 130 and 5 (first)
+    y[1, 35, 0, 0, 7] = y[1, 20, 0, 0, 7] = nan  # position 7 of sample 1: channels 20 (first) and 35
+    y[1, 33, 0, 6, 0] = y[1, 3, 0, 6, 0] = nan  # position 150: channels 3 (first) and 33
+    if layout == "channels_last_3d":
+        y = y.contiguous(memory_format=torch.channels_last_3d)
+    scale = torch.rand(2, 40) + 0.5
+    weight = torch.randn(1, 2, 3, 3, 3) / 3
+    on = lambda *ts: [t.to(DEVICE) for t in ts]  # noqa: E731
+    checks = [
+        (torch.ops.meranet.ca_pool_triton(*on(y))[1:], torch.ops.meranet.ca_pool(y)[1:]),
+        (torch.ops.meranet.ra_pool_triton(*on(y, scale)), torch.ops.meranet.ra_pool(y, scale)),
+        (fwd(*on(y, weight), None)[2:], torch.ops.meranet.st_attention_fwd(y, weight, None)[2:]),
+    ]
+    for (t_max, t_idx), (c_max, c_idx) in checks:
+        torch.testing.assert_close(t_max.cpu(), c_max, equal_nan=True)
+        assert torch.equal(t_idx.cpu(), c_idx)
+    _, ca_max, ca_idx = torch.ops.meranet.ca_pool(y)
+    assert ca_max[0, 1].isnan() and ca_idx[0, 1] == 200 and ca_idx[0, 3] == 5
+    _, ra_idx = torch.ops.meranet.ra_pool(y, scale)
+    assert ra_idx[1, 0, 0, 7] == 20 and ra_idx[1, 0, 6, 0] == 3

@@ -31,7 +31,7 @@ from meranet_fast.ops.channel_attention import (
     fake_ca_scale,
     fake_ca_scale_grad,
 )
-from meranet_fast.ops.triton.st_attention import _program_positions, autotune_enabled
+from meranet_fast.ops.triton.st_attention import _merge_first_max, _program_positions, autotune_enabled
 
 __all__ = ["check_activation", "dense", "launch", "tunable", "channel_strides"]
 
@@ -137,12 +137,7 @@ def _ca_pool_kernel(y_ptr, avg_ptr, max_ptr, idx_ptr, C, S, SC, SS, BLOCK_C: tl.
         mask = cmask[:, None] & (s < S)[None, :]
         v = tl.load(rows + s[None, :] * SS, mask=mask, other=0.0).to(tl.float32)
         total += tl.sum(v, axis=1)
-        v = tl.where(mask, v, float("-inf"))
-        chunk_max = tl.max(v, axis=1)
-        chunk_s = tl.min(tl.where(v == chunk_max[:, None], s[None, :], S), axis=1)
-        newer = chunk_max > best  # strict: the earlier chunk keeps ties (first index overall)
-        best = tl.where(newer, chunk_max, best)
-        best_s = tl.where(newer, chunk_s, best_s)
+        best, best_s = _merge_first_max(tl.where(mask, v, float("-inf")), s[None, :], S, best, best_s, 1)
     tl.store(avg_ptr + n * C + c, total / S, mask=cmask)
     tl.store(max_ptr + n * C + c, best, mask=cmask)
     tl.store(idx_ptr + n * C + c, best_s, mask=cmask)

@@ -37,6 +37,7 @@ from meranet_fast.ops.triton.channel_attention import (
     tunable,
 )
 from meranet_fast.ops.triton.st_attention import (
+    _merge_first_max,
     _pooled_map_grads,
     _program_positions,
     _tap_tile,
@@ -73,12 +74,7 @@ def _ra_pool_kernel(y_ptr, a_ptr, pooled_ptr, argmax_ptr, C, S, SC, SS, BLOCK_S:
         a = tl.load(a_ptr + n * C + c, mask=cmask, other=0.0)
         u = tl.load(base + c.to(tl.int64)[:, None] * SC, mask=mask, other=0.0).to(tl.float32) * a[:, None]
         total += tl.sum(u, axis=0)
-        u = tl.where(mask, u, float("-inf"))
-        chunk_max = tl.max(u, axis=0)
-        chunk_c = tl.min(tl.where(u == chunk_max[None, :], c[:, None], C), axis=0)
-        newer = chunk_max > best  # strict: first channel overall on ties
-        best = tl.where(newer, chunk_max, best)
-        best_c = tl.where(newer, chunk_c, best_c)
+        best, best_c = _merge_first_max(tl.where(mask, u, float("-inf")), c[:, None], C, best, best_c, 0)
     tl.store(pooled_ptr + n * 2 * S + s, total / C, mask=smask)
     tl.store(pooled_ptr + n * 2 * S + S + s, best, mask=smask)
     tl.store(argmax_ptr + n * S + s, best_c, mask=smask)

@@ -88,6 +88,27 @@ def _program_positions(S, BLOCK_S: tl.constexpr):
 
 
 @triton.jit
+def _merge_first_max(v, idx, none, best, best_idx, AXIS: tl.constexpr):
+    """The running (max, first index) along AXIS after one more chunk ``v`` of values.
+
+    ``idx``: the indices of v along AXIS (broadcastable to v); masked lanes hold -inf and an index >= ``none``.
+    Like torch.amax a NaN is the maximum, and the first NaN wins; of equal maxima the smaller index (a later
+    chunk replaces the running max only on a strict '>'). The C++ kernels (csrc/cpu/simd.h ``takes_max``)
+    follow the same rule.
+    """
+    isnan = v != v
+    nan_idx = tl.min(tl.where(isnan, idx, none), axis=AXIS)
+    clean = tl.where(isnan, float("-inf"), v)
+    chunk_max = tl.max(clean, axis=AXIS)
+    chunk_idx = tl.min(tl.where(clean == tl.expand_dims(chunk_max, AXIS), idx, none), axis=AXIS)
+    chunk_nan = nan_idx < none
+    chunk_max = tl.where(chunk_nan, float("nan"), chunk_max)
+    chunk_idx = tl.where(chunk_nan, nan_idx, chunk_idx)
+    newer = (chunk_nan & (best == best)) | (chunk_max > best)
+    return tl.where(newer, chunk_max, best), tl.where(newer, chunk_idx, best_idx)
+
+
+@triton.jit
 def _unflatten(s, H, W):
     """(t, h, w) of flat positions s = (t * H + h) * W + w."""
     w = s % W
@@ -149,14 +170,7 @@ def _pool_kernel(
         mask = (c < C)[:, None] & smask[None, :]
         v = tl.load(x_ptrs + c.to(tl.int64)[:, None] * sxc, mask=mask, other=0.0).to(tl.float32)
         total += tl.sum(v, axis=0)
-        v = tl.where(mask, v, float("-inf"))
-        chunk_max = tl.max(v, axis=0)
-        # First channel of the chunk reaching its max (masked lanes come after every real channel).
-        chunk_c = tl.min(tl.where(v == chunk_max[None, :], c[:, None], C), axis=0)
-        # Strict '>' keeps the earlier chunk on ties, so the index is the first max overall.
-        newer = chunk_max > best
-        best = tl.where(newer, chunk_max, best)
-        best_c = tl.where(newer, chunk_c, best_c)
+        best, best_c = _merge_first_max(tl.where(mask, v, float("-inf")), c[:, None], C, best, best_c, 0)
     mean_ptrs = pooled_ptr + n * 2 * S + s
     tl.store(mean_ptrs, total / C, mask=smask)
     tl.store(mean_ptrs + S, best, mask=smask)
