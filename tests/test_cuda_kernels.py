@@ -112,3 +112,26 @@ def test_empty_inputs_return_without_launching():
     out, attn, pooled, argmax = ops.st_attention_fwd(y, torch.randn(1, 2, 3, 3, 3, device="cuda"), None)
     assert out.shape == y.shape and attn.shape == (0, 1, 2, 3, 3)
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d", "sliced"])
+def test_pools_propagate_nan_like_the_cpu_kernels(layout):
+    """A NaN is the maximum and the first NaN gets the argmax (torch.amax, the CPU kernels), whichever
+    thread, warp or chunk of the CUDA reductions sees it."""
+    y = activation((2, 40, 3, 17, 31), torch.float32, "contiguous")
+    nan = float("nan")
+    y[0, 1, 2, 16, 30] = y[0, 1, 0, 9, 4] = y[0, 1, 1, 0, 0] = nan  # channel 1: three positions
+    y[1, 39, 0, 0, 0] = y[1, 0, 0, 0, 0] = nan  # position 0 of sample 1: the first and the last channel
+    y[1, 17, 1, 2, 3] = y[1, 33, 1, 2, 3] = nan
+    if layout == "channels_last_3d":
+        y = y.contiguous(memory_format=torch.channels_last_3d)
+    elif layout == "sliced":
+        y = torch.stack([y, torch.zeros_like(y)], dim=-1).flatten(-2)[..., ::2]
+    scale = torch.rand(2, 40) + 0.5
+    w = torch.randn(1, 2, 3, 3, 3)
+    for op, args in ((ops.ca_pool, (y,)), (ops.ra_pool, (y, scale)), (ops.st_attention_fwd, (y, w, None))):
+        assert_same(op(*args), op(*on_cuda(*args)), torch.float32)
+    _, mx, idx = ops.ca_pool(y)
+    assert mx[0, 1].isnan() and idx[0, 1] == 9 * 31 + 4  # the earliest of the three NaNs: (t, h, w) = (0, 9, 4)
+    _, argmax = ops.ra_pool(y, scale)
+    assert argmax[1, 0, 0, 0] == 0 and argmax[1, 1, 2, 3] == 17

@@ -165,7 +165,7 @@ reduce_positions_kernel(const scalar_t* __restrict__ a, const scalar_t* __restri
 }
 
 // Pass 2: out_sum[i] = (sum over chunks k in order of psum[(n*chunks + k)*C + c]) / divisor, and the
-// merged max / first argmax (index 0 when no value was taken: all NaN / -inf, as on CPU).
+// merged max / first argmax (the first NaN wins; index 0 when no value was taken: all -inf, as on CPU).
 template <typename acc_t, bool WITH_MAX>
 __global__ void combine_chunks_kernel(const acc_t* __restrict__ psum, const acc_t* __restrict__ pmax,
                                       const int64_t* __restrict__ pidx, int64_t N, int64_t C, int64_t chunks,

@@ -57,18 +57,19 @@ __device__ __forceinline__ void elem_coords(int64_t i, int64_t C, int64_t S, int
 }
 
 // ---------------------------------------------------------------------------------------------
-// max / first argmax, with the CPU kernels' semantics: a sequential scan in increasing index order
-// replaces the running max only on a strict '>', so ties keep the first index and NaN never wins
-// (an all-NaN or all -inf run reports index 0). In parallel: each thread scans its indices in
-// increasing order with max_update, partial results are merged with max_merge (larger value first,
-// smaller index on equal values; kNoIndex marks "nothing taken yet"). That is a total order on the
-// non-NaN pairs the accumulators can hold, so every merge order gives the same (value, index).
+// max / first argmax, with the CPU kernels' semantics (torch.amax's for NaN): a sequential scan in
+// increasing index order replaces the running max on a strict '>' or with the first NaN, so ties keep the
+// first index and the first NaN wins (an all -inf run reports index 0). In parallel: each thread scans its
+// indices in increasing order with max_update, partial results are merged with max_takes_over (NaN above
+// everything, larger value first, smaller index on equal values or between NaNs; kNoIndex marks "nothing
+// taken yet"). That is a total order on the pairs the accumulators can hold, so every merge order gives the
+// same (value, index).
 // ---------------------------------------------------------------------------------------------
 constexpr int64_t kNoIndex = std::numeric_limits<int64_t>::max();
 
 template <typename acc_t>
 __device__ __forceinline__ void max_update(acc_t& best, int64_t& best_i, acc_t v, int64_t i) {
-  if (v > best) {
+  if (v > best || (v != v && best == best)) {
     best = v;
     best_i = i;
   }
@@ -77,6 +78,8 @@ __device__ __forceinline__ void max_update(acc_t& best, int64_t& best_i, acc_t v
 // Whether candidate (v, i) replaces the partial result (best, best_i).
 template <typename acc_t>
 __device__ __forceinline__ bool max_takes_over(acc_t v, int64_t i, acc_t best, int64_t best_i) {
+  const bool v_nan = v != v, best_nan = best != best;
+  if (v_nan || best_nan) return v_nan && (!best_nan || i < best_i);
   return v > best || (v == best && i < best_i);
 }
 

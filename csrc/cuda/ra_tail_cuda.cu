@@ -5,7 +5,7 @@
 // Notation: activations dense in meranet::dense_format, viewed as [N, C, S] (csrc/cuda/common.cuh);
 // u = y * a[n, c]; small maps are acc_t (float, double for float64) and contiguous:
 //   P (pooled) [N, 2, S]: mean at (2n)*S + s, max at (2n + 1)*S + s;  A (attn), gL: [N, S] at n*S + s;
-//   I (argmax) [N, S] int32, the first channel of the max (strict '>', NaN never wins, 0 when none).
+//   I (argmax) [N, S] int32, the first channel of the max (the first NaN wins, like torch.amax; 0 when none).
 //   w: [1, 2, K, K, K] -> w[ch*K^3 + (dt*K + dh)*K + dw];  R = K/2; cross-correlation, zero padding:
 //     L[p] = b + sum_{ch, o} w[ch, o] * P[ch, p + o - R]
 //
