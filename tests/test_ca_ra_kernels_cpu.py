@@ -73,42 +73,42 @@ def test_ra_pool_exact_with_ties(monkeypatch, isa, layout, dtype, shape):
     torch.testing.assert_close(argmax, _first_argmax(u, 1).int(), rtol=0, atol=0)
 
 
+# shape, NaN positions, expected ca_pool argmax {(n, c): flat position}, expected ra_pool argmax
+# {(n, t, h, w): channel}. Short rows take the one-chain reduction, long rows (>= 128) the four-chain one.
+NAN_CASES = {
+    "short rows": ((2, 11, 2, 3, 7),
+                   [(0, 4, 1, 2, 5), (0, 4, 0, 1, 1),  # an earlier position: channel 4's argmax
+                    (1, 2, 0, 0, 3), (1, 9, 0, 0, 3)],  # same position, a later channel: channel 2 wins
+                   {(0, 4): (0 * 3 + 1) * 7 + 1, (1, 2): 3},
+                   {(1, 0, 0, 3): 2, (0, 0, 1, 1): 4, (0, 1, 2, 5): 4}),
+    "long rows": ((1, 130, 1, 1, 300),
+                  [(0, 1, 0, 0, 200), (0, 1, 0, 0, 150),  # the first NaN of channel 1's row: 150
+                   (0, 100, 0, 0, 7), (0, 120, 0, 0, 7)],  # a later channel at the same position
+                  {(0, 1): 150},
+                  {(0, 0, 0, 7): 100, (0, 0, 0, 150): 1}),
+}
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_pools_propagate_nan_to_the_first_nan(monkeypatch, isa, layout):
+@pytest.mark.parametrize("case", NAN_CASES)
+def test_pools_propagate_nan_to_the_first_nan(monkeypatch, isa, layout, case):
     """Like torch.amax, a NaN is the maximum; the first NaN gets the argmax (and the max gradient)."""
     _isa(monkeypatch, isa)
-    y = torch.randn(2, 11, 2, 3, 7)
-    y[0, 4, 1, 2, 5] = torch.nan
-    y[0, 4, 0, 1, 1] = torch.nan  # earlier position: the channel's argmax
-    y[1, 2, 0, 0, 3] = torch.nan
-    y[1, 9, 0, 0, 3] = torch.nan  # same position, later channel: channel 2 wins
+    shape, nans, ca_expected, ra_expected = NAN_CASES[case]
+    y = torch.randn(shape)
+    for pos in nans:
+        y[pos] = torch.nan
     y = _layout(y, layout)
     _, mx, idx = torch.ops.meranet.ca_pool(y)
-    assert torch.isnan(mx[0, 4]) and torch.isnan(mx[1, 2]) and torch.isnan(mx[1, 9])
-    assert idx[0, 4] == (0 * 3 + 1) * 7 + 1 and idx[1, 2] == 3
-    assert torch.isfinite(mx[0, :4]).all()
-    pooled, argmax = torch.ops.meranet.ra_pool(y, torch.ones(2, 11))
-    assert torch.isnan(pooled[1, 1, 0, 0, 3]) and argmax[1, 0, 0, 3] == 2
-    assert argmax[0, 0, 1, 1] == 4 and argmax[0, 1, 2, 5] == 4
-    torch.testing.assert_close(argmax[0, 1, 0, 0], y[0, :, 1, 0, 0].argmax().int())
-
-
-@pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_pools_propagate_nan_on_long_rows(monkeypatch, isa, layout):
-    """The same on rows long enough for the four-chain reduction (both pools)."""
-    _isa(monkeypatch, isa)
-    y = torch.randn(1, 130, 1, 1, 300)
-    y[0, 1, 0, 0, 200] = torch.nan
-    y[0, 1, 0, 0, 150] = torch.nan  # the first NaN of channel 1's row
-    y[0, 100, 0, 0, 7] = torch.nan
-    y[0, 120, 0, 0, 7] = torch.nan  # a later channel at the same position
-    y = _layout(y, layout)
-    _, mx, idx = torch.ops.meranet.ca_pool(y)
-    assert torch.isnan(mx[0, 1]) and idx[0, 1] == 150 and torch.isfinite(mx[0, 2:100]).all()
-    pooled, argmax = torch.ops.meranet.ra_pool(y, torch.ones(1, 130))
-    assert torch.isnan(pooled[0, 1, 0, 0, 7]) and argmax[0, 0, 0, 7] == 100 and argmax[0, 0, 0, 150] == 1
+    flat = y.flatten(2)
+    torch.testing.assert_close(mx, flat.amax(2), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(idx, _first_argmax(flat, 2).long(), rtol=0, atol=0)
+    assert all(idx[nc] == pos for nc, pos in ca_expected.items())
+    pooled, argmax = torch.ops.meranet.ra_pool(y, torch.ones(shape[:2]))
+    torch.testing.assert_close(pooled[:, 1], y.amax(1), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(argmax, _first_argmax(y, 1).int(), rtol=0, atol=0)
+    assert all(argmax[p] == c for p, c in ra_expected.items())
 
 
 @pytest.mark.parametrize("isa", ISAS)
