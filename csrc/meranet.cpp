@@ -42,7 +42,7 @@ TORCH_LIBRARY(meranet, m) {
   m.def("st_attention_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor attn, Tensor pooled, "
         "Tensor argmax) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
   // Channel attention and the fused residual-attention tail (csrc/channel_attention.h, csrc/ra_tail.h):
-  // kernel-level ops; meranet_fast/ops/channel_attention.py and ra_tail.py compose them with autograd.
+  // kernel-level ops of every backend ("triton": the same schemas with a _triton suffix) ...
   m.def("ca_pool(Tensor y) -> (Tensor avg, Tensor max, Tensor argmax)");
   m.def("ca_scale(Tensor y, Tensor scale) -> Tensor");
   m.def("ca_scale_grad(Tensor grad, Tensor y, Tensor? attn, Tensor? grad_pooled, Tensor? sta_argmax) -> Tensor");
@@ -53,4 +53,20 @@ TORCH_LIBRARY(meranet, m) {
         "(Tensor out, Tensor attn)");
   m.def("ra_attend_bwd(Tensor grad_out, Tensor out, Tensor y, Tensor scale, Tensor attn, Tensor pooled, "
         "Tensor weight) -> (Tensor grad_z, Tensor grad_pooled, Tensor grad_weight, Tensor grad_bias)");
+  // ... and the public operators composed from them, with C++ autograd (csrc/channel_attention_op.cpp,
+  // csrc/ra_tail_op.cpp); `backend` picks the kernels ("cpp", "cuda" or "triton").
+  m.def("channel_attention(Tensor y, Tensor w_reduce, Tensor? b_reduce, Tensor w_expand, Tensor? b_expand, "
+        "str backend) -> (Tensor out, Tensor a, Tensor avg, Tensor max, Tensor argmax)");
+  m.def("channel_attention_backward(Tensor? grad_out, Tensor? grad_a, Tensor? grad_avg, Tensor? grad_max, "
+        "Tensor y, Tensor w_reduce, Tensor? b_reduce, Tensor w_expand, Tensor? b_expand, Tensor a, Tensor avg, "
+        "Tensor max, Tensor argmax, str backend) -> (Tensor grad_y, Tensor grad_w_reduce, Tensor grad_b_reduce, "
+        "Tensor grad_w_expand, Tensor grad_b_expand)");
+  m.def("ra_tail(Tensor y, Tensor shortcut, Tensor w_reduce, Tensor? b_reduce, Tensor w_expand, Tensor? b_expand, "
+        "Tensor st_weight, Tensor? st_bias, str backend) -> (Tensor out, Tensor a, Tensor attn, Tensor pooled, "
+        "Tensor sta_argmax, Tensor avg, Tensor max, Tensor ca_argmax)");
+  m.def("ra_tail_backward(Tensor grad_out, Tensor out, Tensor y, Tensor w_reduce, Tensor? b_reduce, "
+        "Tensor w_expand, Tensor? b_expand, Tensor st_weight, Tensor a, Tensor attn, Tensor pooled, "
+        "Tensor sta_argmax, Tensor avg, Tensor max, Tensor ca_argmax, str backend) -> (Tensor grad_y, "
+        "Tensor grad_shortcut, Tensor grad_w_reduce, Tensor grad_b_reduce, Tensor grad_w_expand, "
+        "Tensor grad_b_expand, Tensor grad_st_weight, Tensor grad_st_bias)");
 }

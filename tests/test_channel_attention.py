@@ -167,6 +167,15 @@ def test_opcheck_composite_and_kernel_ops():
     torch.library.opcheck(torch.ops.meranet.channel_attention.default,
                           (yg, w_reduce, b_reduce, w_expand, b_expand, "cpp"))
     torch.library.opcheck(torch.ops.meranet.channel_attention.default, (yg, w_reduce, None, w_expand, None, "cpp"))
+    w_reduce, b_reduce, w_expand, b_expand = make_weights(8, 4)  # the backward op has no derivative
+    out, a_map, avg_map, max_map, argmax_map = torch.ops.meranet.channel_attention(
+        y, w_reduce, b_reduce, w_expand, b_expand, "cpp")
+    grads = (torch.randn_like(out), torch.randn_like(a_map), torch.randn_like(avg_map), torch.randn_like(max_map))
+    for given in (grads, (grads[0], None, None, None), (None, grads[1], None, None)):  # absent output gradients
+        for biases in ((b_reduce, b_expand), (None, None)):
+            torch.library.opcheck(torch.ops.meranet.channel_attention_backward.default,
+                                  (*given, y, w_reduce, biases[0], w_expand, biases[1], a_map, avg_map, max_map,
+                                   argmax_map, "cpp"))
     avg, mx, argmax = torch.ops.meranet.ca_pool(y)
     a = torch.rand(2, 8)
     g = torch.randn_like(y)
@@ -267,6 +276,35 @@ def test_eager_backend_is_the_reference():
     torch.testing.assert_close(channel_attention(y, *weights, backend="eager"),
                                channel_attention_reference(y, *weights)[0])
     assert resolve_backend("auto", torch.device("cpu"), "op") == ("cpp" if _extension.is_loaded() else "eager")
+
+
+@needs_cpp
+def test_double_backward_is_refused_by_name():
+    y = torch.randn(1, 8, 2, 3, 3, requires_grad=True)
+    out = channel_attention(y, *make_weights(8, 4), backend="cpp")
+    with pytest.raises(RuntimeError, match=r"meranet::channel_attention_backward has no derivative: double backward"):
+        torch.autograd.grad(out.sum(), y, create_graph=True)
+
+
+@pytest.mark.parametrize("op", ["channel_attention", "ra_tail"])
+def test_composed_operators_need_the_extension(op, monkeypatch):
+    """Without meranet_fast._C (it holds the C++ composition and autograd), "auto" falls back to the eager
+    reference and a compiled or Triton backend is refused with the reason and the build hint."""
+    from meranet_fast.ops import ra_tail
+    from meranet_fast.ops.reference import ra_tail_reference
+
+    y = torch.randn(1, 8, 2, 3, 3)
+    args = [y, *make_weights(8, 4)]
+    fn, ref = channel_attention, lambda *a: channel_attention_reference(*a)[0]
+    if op == "ra_tail":
+        args = [y, torch.randn_like(y), *make_weights(8, 4), torch.randn(1, 2, 3, 3, 3), None]
+        fn, ref = ra_tail, ra_tail_reference
+    monkeypatch.setattr(_extension, "_C", None)
+    monkeypatch.setattr(_extension, "LOAD_ERROR", "ImportError: test")
+    torch.testing.assert_close(fn(*args, backend="auto"), ref(*args))
+    for backend in ("cpp", "triton"):
+        with pytest.raises(RuntimeError, match=f"{op}: backend '{backend}' is not available: .*meranet_fast._C"):
+            fn(*args, backend=backend)
 
 
 def _bad(**changes):

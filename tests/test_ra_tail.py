@@ -169,6 +169,13 @@ def test_opcheck_composite_and_kernel_ops():
     no_bias = list(leaves)
     no_bias[3] = no_bias[5] = no_bias[7] = None
     torch.library.opcheck(torch.ops.meranet.ra_tail.default, (*no_bias, "cpp"))
+    with torch.no_grad():
+        out, *maps = torch.ops.meranet.ra_tail(*args, "cpp")  # detached: the backward op has no derivative
+    y_, _, w_reduce, b_reduce, w_expand, b_expand, st_weight, _ = args
+    for biases in ((b_reduce, b_expand), (None, None)):
+        torch.library.opcheck(torch.ops.meranet.ra_tail_backward.default,
+                              (torch.randn_like(out), out, y_, w_reduce, biases[0], w_expand, biases[1], st_weight,
+                               *maps, "cpp"))
     y, shortcut, _, _, _, _, w, b = args
     a = torch.rand(2, 8)
     pooled, argmax = torch.ops.meranet.ra_pool(y, a)
@@ -230,6 +237,25 @@ def test_cpp_deterministic_and_empty_batch():
     empty = make_args((0, 8, 2, 3, 3), 4, 3)
     out, grads = run(ra_tail, empty, torch.randn(0, 8, 2, 3, 3), backend="cpp")
     assert out.shape == empty[0].shape and grads[0].shape == empty[0].shape
+
+
+@needs_cpp
+def test_double_backward_is_refused_by_name():
+    leaves = [a.requires_grad_() for a in make_args((1, 8, 2, 3, 3), 4, 3)]
+    out = ra_tail(*leaves, backend="cpp")
+    (grad_y,) = torch.autograd.grad(out.sum(), leaves[0])  # a first-order gradient works ...
+    assert grad_y.shape == leaves[0].shape
+    out = ra_tail(*leaves, backend="cpp")
+    refused = r"meranet::ra_tail_backward has no derivative: double backward \(create_graph=True\)"
+    with pytest.raises(RuntimeError, match=refused):
+        torch.autograd.grad(out.sum(), leaves[0], create_graph=True)  # ... a graph of it is refused
+
+
+@needs_cpp
+def test_operator_names_a_bad_backend():
+    args = make_args((1, 4, 2, 3, 3), 4, 3)
+    with pytest.raises(RuntimeError, match="ra_tail: backend must be 'cpp', 'cuda' or 'triton', got 'fast'"):
+        torch.ops.meranet.ra_tail(*args, "fast")
 
 
 def test_block_tail_equals_fused_op():

@@ -5,10 +5,10 @@
 Schedule (kernel-level ops of a backend: ``ca_*`` in C++ for CPU and CUDA, ``ca_*_triton`` in Triton)::
 
     forward   ca_pool(y) -> avg, max, argmax_thw        read y                 1 pass
-              shared network + sigmoid on [N, C]        (torch, tiny)
+              shared network + sigmoid on [N, C]        (ATen, tiny)
               ca_scale(y, a) -> out                     read y, write out      2 passes
     backward  ca_scale_grad(g, y) -> dL/da              read g, y              2 passes
-              network backward on [N, C]                (torch, by hand, tiny)
+              network backward on [N, C]                (ATen, by hand, tiny)
               ca_input_grad(g, a, g_avg, g_max, argmax) read g, write gy       2 passes
 
 3 passes over y-sized tensors forward and 4 backward. Eager PyTorch: forward mean, amax, mul =
@@ -24,6 +24,13 @@ written once by ``ca_input_grad``. The network is 2 matmuls on ``[2N, C]`` rows,
 costs nothing; both variants of the paper (1x1x1 convs or Linear layers) pass their weights as
 2-D matrices (``ChannelAttention3d.shared_weights()``) and biases may be ``None``.
 
+The composition and its autograd are C++ (csrc/channel_attention_op.cpp, shared pieces in
+csrc/composition.h): one composition for every backend, whose kernel-level ops it looks up by name
+(``meranet::ca_pool`` or ``meranet::ca_pool_triton``), and a call costs one dispatch from Python and
+its backward none (a Python ``custom_op`` composition cost 0.2-0.4 ms a call, more than the kernels at
+MERANet's deeper layers). So every backend but ``"eager"`` needs ``meranet_fast._C``; this module
+holds the public function, the input checks, the backend choice and the fake kernels.
+
 argmax over T*H*W is the FIRST position of the maximum: on exact ties the whole max gradient goes
 there (eager ``amax`` splits it evenly between the tied positions).
 
@@ -34,10 +41,7 @@ own dtype.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
-
 import torch
-import torch.nn.functional as F
 
 from meranet_fast import _extension
 from meranet_fast.ops.st_attention import AUTO_ORDER, backend_status
@@ -96,59 +100,28 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     return backend
 
 
-class Kernels(NamedTuple):
-    """The kernel-level operators of one backend (same signatures in C++ and Triton)."""
-
-    ca_pool: object
-    ca_scale: object
-    ca_scale_grad: object
-    ca_input_grad: object
-    ra_pool: object
-    ra_attend: object
-    ra_attend_bwd: object
+@functools.lru_cache(maxsize=None)
+def _register_triton_kernels() -> None:
+    import meranet_fast.ops.triton.channel_attention  # noqa: F401  (registers the ops)
+    import meranet_fast.ops.triton.ra_tail  # noqa: F401
 
 
-@functools.lru_cache(maxsize=None)  # looked up on every call of the operators
-def kernels(backend: str) -> Kernels:
-    """The ops of a resolved backend (``"cpp"`` and ``"cuda"``: ``torch.ops.meranet.ca_pool`` ..., whose
-    dispatcher picks the CPU or CUDA kernel from the tensors' device; ``"triton"``:
-    ``torch.ops.meranet.ca_pool_triton`` ...)."""
-    if backend == "triton":
-        import meranet_fast.ops.triton.channel_attention  # noqa: F401  (registers the ops)
-        import meranet_fast.ops.triton.ra_tail  # noqa: F401
-    suffix = "_triton" if backend == "triton" else ""
-    return Kernels(*(getattr(torch.ops.meranet, name + suffix).default for name in Kernels._fields))
-
-
-def shared_network(avg, mx, w_reduce, b_reduce, w_expand, b_expand):
-    """``(a, h)``: ``a = sigmoid(e(avg) + e(max))``, ``e(v) = We relu(Ws v + bs) + be``, computed in
-    avg's dtype on the stacked rows ``v = [avg; max]``; ``h = Ws v + bs`` ([2N, C/r]) is the pre-ReLU
-    hidden activation."""
-    dt = avg.dtype
-    n = avg.shape[0]
-    v = torch.cat([avg, mx])
-    h = F.linear(v, w_reduce.to(dt), None if b_reduce is None else b_reduce.to(dt))
-    e = F.linear(torch.relu(h), w_expand.to(dt), None if b_expand is None else b_expand.to(dt))
-    return torch.sigmoid(e[:n] + e[n:]), h
-
-
-def shared_network_backward(grad_a, a, avg, mx, w_reduce, b_reduce, w_expand, b_expand):
-    """Gradients of :func:`shared_network` given ``grad_a = dL/da``:
-    ``(g_avg, g_max, g_w_reduce, g_b_reduce, g_w_expand, g_b_expand)``, weights' grads in their dtype
-    (``None`` for absent biases)."""
-    dt = a.dtype
-    n = avg.shape[0]
-    v = torch.cat([avg, mx])
-    h = F.linear(v, w_reduce.to(dt), None if b_reduce is None else b_reduce.to(dt))
-    gs = grad_a * a * (1 - a)                     # d sigmoid
-    gs2 = torch.cat([gs, gs])                     # both paths feed the same sum
-    g_we = gs2.t() @ torch.relu(h)                # [C, C/r]
-    gh = (gs2 @ w_expand.to(dt)) * (h > 0)        # relu'(h), 0 at h == 0 like torch
-    g_wr = gh.t() @ v                             # [C/r, C]
-    gv = gh @ w_reduce.to(dt)                     # [2N, C]
-    g_br = None if b_reduce is None else gh.sum(0).to(b_reduce.dtype)
-    g_be = None if b_expand is None else gs2.sum(0).to(b_expand.dtype)
-    return gv[:n], gv[n:], g_wr.to(w_reduce.dtype), g_br, g_we.to(w_expand.dtype), g_be
+def composed_backend(backend: str, device: torch.device, op: str) -> str:
+    """:func:`resolve_backend` for the operators composed in C++ (``channel_attention``, ``ra_tail``):
+    every backend but ``"eager"`` needs ``meranet_fast._C``, which holds the composition and its
+    autograd; for ``"triton"`` the Triton kernel-level ops are registered here."""
+    resolved = resolve_backend(backend, device, op)
+    if resolved == "eager":
+        return resolved
+    if not _extension.is_loaded():
+        if backend == "auto":
+            return "eager"
+        raise RuntimeError(f"{op}: backend {backend!r} is not available: the operator is composed in "
+                           f"meranet_fast._C, which is not available ({_extension.LOAD_ERROR}); "
+                           f"{_extension.BUILD_HINT}")
+    if resolved == "triton":
+        _register_triton_kernels()
+    return resolved
 
 
 def check_channel_attention_inputs(op: str, y, w_reduce, b_reduce, w_expand, b_expand) -> None:
@@ -216,65 +189,28 @@ def fake_ca_input_grad(grad, scale, grad_avg, grad_max, argmax, attn, grad_poole
     return torch.empty_like(grad, memory_format=dense_format(grad))
 
 
-if _extension.is_loaded():
-    for _name, _fake in (("ca_pool", fake_ca_pool), ("ca_scale", fake_ca_scale),
-                         ("ca_scale_grad", fake_ca_scale_grad), ("ca_input_grad", fake_ca_input_grad)):
-        torch.library.register_fake(f"meranet::{_name}")(_fake)
-
-
-# --------------------------------------------------------------------------------------------
-# The operator: meranet::channel_attention, with registered autograd
-# --------------------------------------------------------------------------------------------
-@torch.library.custom_op("meranet::channel_attention", mutates_args=())
-def _channel_attention_op(
-    y: torch.Tensor,
-    w_reduce: torch.Tensor,
-    b_reduce: Optional[torch.Tensor],
-    w_expand: torch.Tensor,
-    b_expand: Optional[torch.Tensor],
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, a, avg, max, argmax) with a, avg, max in the accumulation dtype, argmax int64 [N, C]."""
-    k = kernels(backend)
-    avg, mx, argmax = k.ca_pool(y)
-    with torch.autocast(y.device.type, enabled=False):
-        a, _ = shared_network(avg, mx, w_reduce, b_reduce, w_expand, b_expand)
-    return k.ca_scale(y, a), a, avg, mx, argmax
-
-
-@_channel_attention_op.register_fake
-def _(y, w_reduce, b_reduce, w_expand, b_expand, backend):
+def fake_channel_attention(y, w_reduce, b_reduce, w_expand, b_expand, backend):
     n, c = y.shape[:2]
     return (torch.empty_like(y, memory_format=dense_format(y)), _small(y, n, c), _small(y, n, c),
             _small(y, n, c), _small(y, n, c, dtype=torch.int64))
 
 
-def _ca_setup_context(ctx, inputs, output):
-    y, w_reduce, b_reduce, w_expand, b_expand, backend = inputs
-    _, a, avg, mx, argmax = output
-    ctx.save_for_backward(y, w_reduce, b_reduce, w_expand, b_expand, a, avg, mx, argmax)
-    ctx.backend = backend
+def fake_channel_attention_backward(grad_out, grad_a, grad_avg, grad_max, y, w_reduce, b_reduce, w_expand,
+                                    b_expand, a, avg, mx, argmax, backend):
+    return (torch.empty_like(y, memory_format=dense_format(y)), torch.empty_like(w_reduce),
+            w_reduce.new_empty(w_reduce.shape[:1], dtype=(w_reduce if b_reduce is None else b_reduce).dtype),
+            torch.empty_like(w_expand),
+            w_expand.new_empty(w_expand.shape[:1], dtype=(w_expand if b_expand is None else b_expand).dtype))
 
 
-def _ca_backward(ctx, grad_out, grad_a, grad_avg, grad_max, _grad_argmax):
-    y, w_reduce, b_reduce, w_expand, b_expand, a, avg, mx, argmax = ctx.saved_tensors
-    k = kernels(ctx.backend)
-    g = grad_out.contiguous(memory_format=dense_format(y))
-    da = k.ca_scale_grad(g, y, None, None, None)
-    if grad_a is not None:
-        da = da + grad_a
-    with torch.autocast(y.device.type, enabled=False):
-        g_avg, g_max, g_wr, g_br, g_we, g_be = shared_network_backward(da, a, avg, mx, w_reduce, b_reduce,
-                                                                       w_expand, b_expand)
-    if grad_avg is not None:
-        g_avg = g_avg + grad_avg
-    if grad_max is not None:
-        g_max = g_max + grad_max
-    grad_y = k.ca_input_grad(g, a, g_avg, g_max, argmax, None, None, None)
-    return grad_y, g_wr, g_br, g_we, g_be, None
-
-
-_channel_attention_op.register_autograd(_ca_backward, setup_context=_ca_setup_context)
+# The operator meranet::channel_attention and its backward are composed in C++ with C++ autograd
+# (csrc/channel_attention_op.cpp); only their fake kernels live here.
+if _extension.is_loaded():
+    for _name, _fake in (("ca_pool", fake_ca_pool), ("ca_scale", fake_ca_scale),
+                         ("ca_scale_grad", fake_ca_scale_grad), ("ca_input_grad", fake_ca_input_grad),
+                         ("channel_attention", fake_channel_attention),
+                         ("channel_attention_backward", fake_channel_attention_backward)):
+        torch.library.register_fake(f"meranet::{_name}")(_fake)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +230,7 @@ def channel_attention_with_map(y, w_reduce, b_reduce, w_expand, b_expand, *, bac
     """
     op = "channel_attention"
     check_channel_attention_inputs(op, y, w_reduce, b_reduce, w_expand, b_expand)
-    resolved = resolve_backend(backend, y.device, op)
+    resolved = composed_backend(backend, y.device, op)
     if resolved == "eager":
         return channel_attention_reference(y, w_reduce, b_reduce, w_expand, b_expand)
     out, a, _, _, _ = torch.ops.meranet.channel_attention(y, w_reduce, b_reduce, w_expand, b_expand, resolved)

@@ -6,13 +6,13 @@ With ``a`` the channel-attention weights ([N, C]), ``u = y * a``, ``P = [mean_c 
 Schedule (kernel-level ops of a backend; C++ on CPU and CUDA, Triton with the ``_triton`` suffix)::
 
     forward   ca_pool(y) -> avg, max, argmax_thw          read y                         1
-              shared network + sigmoid -> a [N, C]         (torch, tiny)
+              shared network + sigmoid -> a [N, C]         (ATen, tiny)
               ra_pool(y, a) -> P [N,2,T,H,W], I (argmax_c) read y                         1
               ra_attend(y, shortcut, a, P, w, b) -> out, A read y, shortcut, write out    3
     backward  ra_attend_bwd(g, out, y, a, A, P, w)         read g, out, y, write gz       4
                 -> gz = g [out > 0] (= grad_shortcut), gP, gw, gb   (conv^T on the small maps)
               ca_scale_grad(gz, y, A, gP, I) -> dL/da      read gz, y                     2
-              shared-network backward                      (torch, tiny)
+              shared-network backward                      (ATen, tiny)
               ca_input_grad(gz, a, g_avg, g_max, argmax_thw, A, gP, I) -> gy
                                                            read gz, write gy              2
 
@@ -25,10 +25,12 @@ Saved for backward: y, out (the block output, kept alive anyway), and [N, C] / [
 the shortcut is not saved. Inside the backward the gradient wrt u = y * a is
 ``gu = gz * A + gP[0] / C + gP[1] [c == I]`` and ``gy = gu * a + g_avg / THW + g_max [thw == argmax]``.
 Ties in either max go to the first index (channel / flat position); eager ``amax`` splits them.
+
+Composed in C++ with C++ autograd like ``channel_attention`` (csrc/ra_tail_op.cpp; see that module's
+docstring): ``meranet::ra_tail`` returns the saved maps next to ``out``, ``meranet::ra_tail_backward``
+is the backward above; both have fake kernels here, so torch.compile and opcheck see two operators.
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 
@@ -36,11 +38,9 @@ from meranet_fast import _extension
 from meranet_fast.ops.channel_attention import (
     _small,
     check_channel_attention_inputs,
+    composed_backend,
     dense_format,
-    kernels,
-    resolve_backend,
-    shared_network,
-    shared_network_backward,
+    fake_channel_attention_backward,
 )
 from meranet_fast.ops._checks import KERNEL_SIZES as ST_KERNEL_SIZES
 from meranet_fast.ops.reference import ra_tail_reference
@@ -99,74 +99,29 @@ def fake_ra_attend_bwd(grad_out, out, y, scale, attn, pooled, weight):
             weight.new_empty(weight.shape), weight.new_empty(1))
 
 
-if _extension.is_loaded():
-    for _name, _fake in (("ra_pool", fake_ra_pool), ("ra_attend", fake_ra_attend),
-                         ("ra_attend_bwd", fake_ra_attend_bwd)):
-        torch.library.register_fake(f"meranet::{_name}")(_fake)
-
-
-# --------------------------------------------------------------------------------------------
-# The operator: meranet::ra_tail, with registered autograd
-# --------------------------------------------------------------------------------------------
-@torch.library.custom_op("meranet::ra_tail", mutates_args=())
-def _ra_tail_op(
-    y: torch.Tensor,
-    shortcut: torch.Tensor,
-    w_reduce: torch.Tensor,
-    b_reduce: Optional[torch.Tensor],
-    w_expand: torch.Tensor,
-    b_expand: Optional[torch.Tensor],
-    st_weight: torch.Tensor,
-    st_bias: Optional[torch.Tensor],
-    backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor]:
-    """(out, a, attn, pooled, sta_argmax, avg, max, ca_argmax); everything after out is for backward."""
-    k = kernels(backend)
-    avg, mx, ca_argmax = k.ca_pool(y)
-    with torch.autocast(y.device.type, enabled=False):
-        a, _ = shared_network(avg, mx, w_reduce, b_reduce, w_expand, b_expand)
-    pooled, sta_argmax = k.ra_pool(y, a)
-    out, attn = k.ra_attend(y, shortcut, a, pooled, st_weight, st_bias)
-    return out, a, attn, pooled, sta_argmax, avg, mx, ca_argmax
-
-
-@_ra_tail_op.register_fake
-def _(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias, backend):
+def fake_ra_tail(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias, backend):
     n, c, t, h, w = y.shape
     return (torch.empty_like(y, memory_format=dense_format(y)), _small(y, n, c), _small(y, n, 1, t, h, w),
             _small(y, n, 2, t, h, w), _small(y, n, t, h, w, dtype=torch.int32), _small(y, n, c),
             _small(y, n, c), _small(y, n, c, dtype=torch.int64))
 
 
-def _setup_context(ctx, inputs, output):
-    y, _, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias, backend = inputs
-    out, a, attn, pooled, sta_argmax, avg, mx, ca_argmax = output
-    ctx.save_for_backward(y, out, w_reduce, b_reduce, w_expand, b_expand, st_weight, a, attn, pooled, sta_argmax,
-                          avg, mx, ca_argmax)
-    ctx.has_st_bias = st_bias is not None
-    ctx.backend = backend
-    ctx.set_materialize_grads(False)  # no zero tensors for the saved maps' (never used) gradients
+def fake_ra_tail_backward(grad_out, out, y, w_reduce, b_reduce, w_expand, b_expand, st_weight, a, attn, pooled,
+                          sta_argmax, avg, mx, ca_argmax, backend):
+    dense = dense_format(y)
+    return (torch.empty_like(y, memory_format=dense), torch.empty_like(y, memory_format=dense),
+            *fake_channel_attention_backward(None, None, None, None, y, w_reduce, b_reduce, w_expand, b_expand,
+                                             a, avg, mx, ca_argmax, backend)[1:],
+            torch.empty_like(st_weight), st_weight.new_empty(1))
 
 
-def _backward(ctx, grad_out, *_grad_saved_maps):
-    # Only `out` is a public output (ra_tail returns it alone); the other outputs are saved maps.
-    if grad_out is None:
-        return (None,) * 9
-    (y, out, w_reduce, b_reduce, w_expand, b_expand, st_weight, a, attn, pooled, sta_argmax, avg, mx,
-     ca_argmax) = ctx.saved_tensors
-    k = kernels(ctx.backend)
-    grad_z, grad_pooled, grad_st_weight, grad_st_bias = k.ra_attend_bwd(grad_out, out, y, a, attn, pooled, st_weight)
-    da = k.ca_scale_grad(grad_z, y, attn, grad_pooled, sta_argmax)
-    with torch.autocast(y.device.type, enabled=False):
-        g_avg, g_max, g_wr, g_br, g_we, g_be = shared_network_backward(da, a, avg, mx, w_reduce, b_reduce,
-                                                                       w_expand, b_expand)
-    grad_y = k.ca_input_grad(grad_z, a, g_avg, g_max, ca_argmax, attn, grad_pooled, sta_argmax)
-    return (grad_y, grad_z, g_wr, g_br, g_we, g_be, grad_st_weight,
-            grad_st_bias if ctx.has_st_bias else None, None)
-
-
-_ra_tail_op.register_autograd(_backward, setup_context=_setup_context)
+# The operator meranet::ra_tail and its backward are composed in C++ with C++ autograd
+# (csrc/ra_tail_op.cpp); only their fake kernels live here.
+if _extension.is_loaded():
+    for _name, _fake in (("ra_pool", fake_ra_pool), ("ra_attend", fake_ra_attend),
+                         ("ra_attend_bwd", fake_ra_attend_bwd), ("ra_tail", fake_ra_tail),
+                         ("ra_tail_backward", fake_ra_tail_backward)):
+        torch.library.register_fake(f"meranet::{_name}")(_fake)
 
 
 def ra_tail(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias, *, backend: str = "auto"):
@@ -185,7 +140,7 @@ def ra_tail(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_b
     """
     op = "ra_tail"
     check_ra_tail_inputs(op, y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias)
-    resolved = resolve_backend(backend, y.device, op)
+    resolved = composed_backend(backend, y.device, op)
     if resolved == "eager":
         return ra_tail_reference(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias)
     return torch.ops.meranet.ra_tail(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias,
