@@ -68,6 +68,7 @@ void backward_op_without_derivative(const c10::OperatorHandle& op, torch::jit::S
 
 Tensor ca_network(const Tensor& avg, const Tensor& mx, const Tensor& w_reduce, const OptTensor& b_reduce,
                   const Tensor& w_expand, const OptTensor& b_expand) {
+  if (ca_network_runs_on_cpu_loops(avg, w_reduce)) return ca_network_cpu(avg, mx, w_reduce, b_reduce, w_expand, b_expand);
   const auto dtype = avg.scalar_type();
   const int64_t n = avg.size(0);
   const Tensor v = at::cat({avg, mx});  // both pooled rows through the same network at once
@@ -76,9 +77,12 @@ Tensor ca_network(const Tensor& avg, const Tensor& mx, const Tensor& w_reduce, c
   return at::sigmoid(e.narrow(0, 0, n) + e.narrow(0, n, n));
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ca_network_backward(
-    const Tensor& grad_a, const Tensor& a, const Tensor& avg, const Tensor& mx, const Tensor& w_reduce,
-    const OptTensor& b_reduce, const Tensor& w_expand, const OptTensor& b_expand) {
+NetworkGrads ca_network_backward(const Tensor& grad_a, const Tensor& a, const Tensor& avg, const Tensor& mx,
+                                 const Tensor& w_reduce, const OptTensor& b_reduce, const Tensor& w_expand,
+                                 const OptTensor& b_expand) {
+  if (ca_network_runs_on_cpu_loops(avg, w_reduce)) {
+    return ca_network_backward_cpu(grad_a, a, avg, mx, w_reduce, b_reduce, w_expand, b_expand);
+  }
   const auto dtype = a.scalar_type();
   const int64_t n = avg.size(0);
   const Tensor v = at::cat({avg, mx});
@@ -89,15 +93,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ca_network_backward(
   const Tensor gh = gs2.mm(w_expand.to(dtype)) * (h > 0);                     // relu'(h), 0 at h == 0 like torch
   const Tensor g_wr = gh.t().mm(v);                                           // [C/r, C]
   const Tensor gv = gh.mm(w_reduce.to(dtype));                                // [2N, C]
-  const auto bias_dtype = [](const OptTensor& b, const Tensor& w) {
-    return b.has_value() && b->defined() ? b->scalar_type() : w.scalar_type();
-  };
   return {gv.narrow(0, 0, n),
           gv.narrow(0, n, n),
           g_wr.to(w_reduce.scalar_type()),
-          gh.sum(0).to(bias_dtype(b_reduce, w_reduce)),
+          gh.sum(0).to(bias_grad_dtype(b_reduce, w_reduce)),
           g_we.to(w_expand.scalar_type()),
-          gs2.sum(0).to(bias_dtype(b_expand, w_expand))};
+          gs2.sum(0).to(bias_grad_dtype(b_expand, w_expand))};
 }
 
 }  // namespace meranet

@@ -69,8 +69,22 @@ Tensor ca_network(const Tensor& avg, const Tensor& mx, const Tensor& w_reduce, c
 
 // Its gradients given grad_a = dL/da: (g_avg, g_max, g_w_reduce, g_b_reduce, g_w_expand, g_b_expand), the
 // weights' in their own dtype; an absent bias gets a gradient in its weight's dtype (callers drop it).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ca_network_backward(
-    const Tensor& grad_a, const Tensor& a, const Tensor& avg, const Tensor& mx, const Tensor& w_reduce,
-    const OptTensor& b_reduce, const Tensor& w_expand, const OptTensor& b_expand);
+using NetworkGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+NetworkGrads ca_network_backward(const Tensor& grad_a, const Tensor& a, const Tensor& avg, const Tensor& mx,
+                                 const Tensor& w_reduce, const OptTensor& b_reduce, const Tensor& w_expand,
+                                 const OptTensor& b_expand);
+
+// Both run ATen ops (any device), or on CPU below a size limit plain loops (csrc/cpu/ca_network_cpu.cpp).
+bool ca_network_runs_on_cpu_loops(const Tensor& avg, const Tensor& w_reduce);
+Tensor ca_network_cpu(const Tensor& avg, const Tensor& mx, const Tensor& w_reduce, const OptTensor& b_reduce,
+                      const Tensor& w_expand, const OptTensor& b_expand);
+NetworkGrads ca_network_backward_cpu(const Tensor& grad_a, const Tensor& a, const Tensor& avg, const Tensor& mx,
+                                     const Tensor& w_reduce, const OptTensor& b_reduce, const Tensor& w_expand,
+                                     const OptTensor& b_expand);
+
+// The dtype of a bias gradient: the bias's, or its weight's when the bias is absent.
+inline at::ScalarType bias_grad_dtype(const OptTensor& bias, const Tensor& weight) {
+  return bias.has_value() && bias->defined() ? bias->scalar_type() : weight.scalar_type();
+}
 
 }  // namespace meranet

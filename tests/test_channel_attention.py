@@ -119,6 +119,18 @@ def test_cpp_without_biases_and_grad_through_map(bias):
 
 
 @needs_cpp
+@pytest.mark.parametrize("n", [2, 16])  # 2 * N * C * C/r multiply-adds: 2^16 (CPU loops), 2^19 (ATen GEMM)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpp_network_loops_and_gemm_match_reference(n, dtype, bias):
+    """The network runs as plain loops up to 2^18 multiply-adds a product on CPU, as ATen ops above
+    (csrc/cpu/ca_network_cpu.cpp): both sides of the limit, with and without biases, gradient of a too."""
+    y = make_input((n, 512, 1, 2, 2), dtype, "contiguous")
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-9)
+    assert_matches_reference(y, make_weights(512, 16, dtype, bias), **tol, with_grad_a=True)
+
+
+@needs_cpp
 def test_cpp_chunked_positions_match_reference():
     """More positions than one CPU task's chunk (1024): the fixed-order combination of partials."""
     for layout in ("contiguous", "channels_last_3d"):

@@ -75,9 +75,12 @@ def _assert_models_agree(builder, train, shape=SHAPE, channels_last=False, **kwa
     assert len(grads_f) == len(list(fused.parameters())) + 1  # every parameter got a gradient
     for name in grads_f:
         _assert_within_eager_error(name, grads_f[name], grads_e[name], grads_r[name])
-    if train:  # batch-norm running statistics were updated identically
-        for (name, b_f), b_e in zip(fused.named_buffers(), eager.buffers()):
-            torch.testing.assert_close(b_f, b_e, rtol=1e-5, atol=1e-6, msg=name)
+    if train:  # batch-norm running statistics were updated alike (same rule: rounding, not a bug)
+        for (name, b_f), b_e, b_r in zip(fused.named_buffers(), eager.buffers(), ref.buffers()):
+            if b_f.is_floating_point():
+                _assert_within_eager_error(name, b_f, b_e, b_r)
+            else:
+                assert torch.equal(b_f, b_e), name  # num_batches_tracked
 
 
 def test_default_model_is_fused_and_uses_the_fused_kernels():
