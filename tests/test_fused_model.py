@@ -210,3 +210,22 @@ def test_compile_fullgraph_fused_meranet10_on_cpu():
     compiled = torch.compile(fused, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), eager(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_fused_meranet10_training_step_on_cpu():
+    """Inductor over the fused model in train mode (meranet::ra_tail and its C++ autograd, traced through
+    the fake kernels of ra_tail / ra_tail_backward): output and every gradient within the eager float32
+    error of the float64 model."""
+    fused, eager = _pair(meranet10)
+    ref = copy.deepcopy(eager).double()
+    x = torch.randn(SHAPE)
+    torch._dynamo.reset()
+    out_c, grads_c = _run(torch.compile(fused, fullgraph=True), x, True)
+    out_e, grads_e = _run(eager, x, True)
+    out_r, grads_r = _run(ref, x.double(), True)
+    _assert_within_eager_error("output", out_c, out_e, out_r)
+    grads_c = {name.removeprefix("_orig_mod."): g for name, g in grads_c.items()}
+    assert set(grads_c) == set(grads_e)
+    for name in grads_e:
+        _assert_within_eager_error(name, grads_c[name], grads_e[name], grads_r[name])
