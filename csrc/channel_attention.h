@@ -26,6 +26,8 @@
 #include <optional>
 #include <tuple>
 
+#include "meranet_fast.h"
+
 namespace meranet {
 
 // float64 for float64 tensors, float32 for every other floating type.

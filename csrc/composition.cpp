@@ -1,6 +1,8 @@
 // Kernel lookup per backend and the channel-attention network (csrc/composition.h).
 #include "composition.h"
 
+#include "channel_attention.h"
+
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
@@ -38,7 +40,7 @@ Kernels lookup(const char* op, const std::string& suffix) {
 }
 
 OptTensor cast(const OptTensor& t, at::ScalarType dtype) {
-  return t.has_value() && t->defined() ? OptTensor(t->to(dtype)) : std::nullopt;
+  return t.has_value() && t->defined() ? OptTensor(in_dtype(*t, dtype)) : std::nullopt;
 }
 
 }  // namespace
@@ -72,8 +74,8 @@ Tensor ca_network(const Tensor& avg, const Tensor& mx, const Tensor& w_reduce, c
   const auto dtype = avg.scalar_type();
   const int64_t n = avg.size(0);
   const Tensor v = at::cat({avg, mx});  // both pooled rows through the same network at once
-  const Tensor h = at::linear(v, w_reduce.to(dtype), cast(b_reduce, dtype));
-  const Tensor e = at::linear(at::relu(h), w_expand.to(dtype), cast(b_expand, dtype));
+  const Tensor h = at::linear(v, in_dtype(w_reduce, dtype), cast(b_reduce, dtype));
+  const Tensor e = at::linear(at::relu(h), in_dtype(w_expand, dtype), cast(b_expand, dtype));
   return at::sigmoid(e.narrow(0, 0, n) + e.narrow(0, n, n));
 }
 
@@ -86,19 +88,19 @@ NetworkGrads ca_network_backward(const Tensor& grad_a, const Tensor& a, const Te
   const auto dtype = a.scalar_type();
   const int64_t n = avg.size(0);
   const Tensor v = at::cat({avg, mx});
-  const Tensor h = at::linear(v, w_reduce.to(dtype), cast(b_reduce, dtype));  // recomputed: [2N, C/r] is tiny
+  const Tensor h = at::linear(v, in_dtype(w_reduce, dtype), cast(b_reduce, dtype));  // recomputed: [2N, C/r] is tiny
   const Tensor gs = grad_a * a * (1 - a);                                     // sigmoid'
   const Tensor gs2 = at::cat({gs, gs});                                       // both rows feed the same sum
   const Tensor g_we = gs2.t().mm(at::relu(h));                               // [C, C/r]
-  const Tensor gh = gs2.mm(w_expand.to(dtype)) * (h > 0);                     // relu'(h), 0 at h == 0 like torch
+  const Tensor gh = gs2.mm(in_dtype(w_expand, dtype)) * (h > 0);                     // relu'(h), 0 at h == 0 like torch
   const Tensor g_wr = gh.t().mm(v);                                           // [C/r, C]
-  const Tensor gv = gh.mm(w_reduce.to(dtype));                                // [2N, C]
+  const Tensor gv = gh.mm(in_dtype(w_reduce, dtype));                                // [2N, C]
   return {gv.narrow(0, 0, n),
           gv.narrow(0, n, n),
-          g_wr.to(w_reduce.scalar_type()),
-          gh.sum(0).to(bias_grad_dtype(b_reduce, w_reduce)),
-          g_we.to(w_expand.scalar_type()),
-          gs2.sum(0).to(bias_grad_dtype(b_expand, w_expand))};
+          in_dtype(g_wr, w_reduce.scalar_type()),
+          in_dtype(gh.sum(0), bias_grad_dtype(b_reduce, w_reduce)),
+          in_dtype(g_we, w_expand.scalar_type()),
+          in_dtype(gs2.sum(0), bias_grad_dtype(b_expand, w_expand))};
 }
 
 }  // namespace meranet

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "channel_attention.h"
 #include "composition.h"
 #include "isa.h"
 
@@ -26,7 +27,7 @@ constexpr int64_t kMaxLoopMultiplyAdds = int64_t(1) << 18;
 
 // A contiguous copy of a weight or bias in the accumulation dtype (undefined for an absent bias).
 at::Tensor in_acc(const OptTensor& t, at::ScalarType acc) {
-  return t.has_value() && t->defined() ? t->to(acc).contiguous() : at::Tensor();
+  return t.has_value() && t->defined() ? in_dtype(*t, acc).contiguous() : at::Tensor();
 }
 
 template <typename acc_t>
@@ -82,7 +83,7 @@ NetworkGrads ca_network_backward_cpu(const at::Tensor& grad_a, const at::Tensor&
     std::vector<scalar_t> h(2 * N * R), z(2 * N * R), gs(N * C), q(N * R);
     MERANET_ISA_PICK(network, network_hidden, scalar_t)(v.data(), ptr<scalar_t>(wr), ptr<scalar_t>(br), 2 * N, C, R,
                                                          h.data(), z.data());
-    const at::Tensor ga = grad_a.to(acc).contiguous(), ac = a.contiguous();
+    const at::Tensor ga = in_dtype(grad_a, acc).contiguous(), ac = a.contiguous();
     const scalar_t *gp = ga.const_data_ptr<scalar_t>(), *ap = ac.const_data_ptr<scalar_t>();
     for (int64_t i = 0; i < N * C; ++i) gs[i] = gp[i] * ap[i] * (1 - ap[i]);  // sigmoid'
     MERANET_ISA_PICK(network, network_backward, scalar_t)(
@@ -92,10 +93,10 @@ NetworkGrads ca_network_backward_cpu(const at::Tensor& grad_a, const at::Tensor&
   });
   return {gv.narrow(0, 0, N),
           gv.narrow(0, N, N),
-          g_wr.to(w_reduce.scalar_type()),
-          g_br.to(bias_grad_dtype(b_reduce, w_reduce)),
-          g_we.to(w_expand.scalar_type()),
-          g_be.to(bias_grad_dtype(b_expand, w_expand))};
+          in_dtype(g_wr, w_reduce.scalar_type()),
+          in_dtype(g_br, bias_grad_dtype(b_reduce, w_reduce)),
+          in_dtype(g_we, w_expand.scalar_type()),
+          in_dtype(g_be, bias_grad_dtype(b_expand, w_expand))};
 }
 
 }  // namespace meranet

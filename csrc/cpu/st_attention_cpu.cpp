@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "meranet_fast.h"
 #include "pooled_attention_cpu.h"
 #include "st_attention.h"
 
@@ -245,10 +246,10 @@ at::Tensor pooled_attention_cpu(const at::Tensor& pooled, const at::Tensor& weig
   const at::Tensor P = pooled.contiguous();
   at::Tensor attn = at::empty({geo.N, 1, geo.T, geo.H, geo.W}, P.options());
   if (attn.numel() == 0) return attn;
-  const at::Tensor w_acc = weight.to(P.scalar_type()).contiguous();
+  const at::Tensor w_acc = in_dtype(weight, P.scalar_type()).contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "pooled_attention_cpu", [&] {
-    const scalar_t b = has_bias ? bias->to(P.scalar_type()).item<scalar_t>() : scalar_t(0);
+    const scalar_t b = has_bias ? in_dtype(*bias, P.scalar_type()).const_data_ptr<scalar_t>()[0] : scalar_t(0);
     at::Tensor padded_pooled = at::empty({pad_numel(geo, 2 * geo.N)}, P.options());
     scalar_t* Pp = padded_pooled.data_ptr<scalar_t>();
     with_kernel_size(geo.k, [&](auto kc) {
@@ -267,13 +268,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pooled_attention_backward_cpu(con
                                                                              int64_t mean_divisor) {
   const Geometry geo = geometry(pooled, weight);
   const at::ScalarType acc = pooled.scalar_type();
-  const at::Tensor P = pooled.contiguous(), A = attn.to(acc).contiguous(), GA = grad_attn.to(acc).contiguous();
+  const at::Tensor P = pooled.contiguous(), A = in_dtype(attn, acc).contiguous(),
+                   GA = in_dtype(grad_attn, acc).contiguous();
   at::Tensor grad_pooled = at::empty({geo.N, 2, geo.T, geo.H, geo.W}, P.options());
   const int64_t taps = 2 * geo.k * geo.k * geo.k;
   if (grad_pooled.numel() == 0) {
     return {grad_pooled, at::zeros(weight.sizes(), weight.options()), at::zeros({1}, weight.options())};
   }
-  const at::Tensor w_acc = weight.to(acc).contiguous();
+  const at::Tensor w_acc = in_dtype(weight, acc).contiguous();
   // Fixed chunking of the rows (a function of the shape only): at most 64 partial sums, added in
   // order in double, so the weight gradient does not depend on the thread count. Chunks of at least
   // 16 rows: each chunk ends with a horizontal sum per tap, which on short chunks costs as much as the
@@ -282,9 +284,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pooled_attention_backward_cpu(con
   const int64_t per_chunk = std::max<int64_t>(16, (rows + 63) / 64);
   const int64_t chunks = (rows + per_chunk - 1) / per_chunk;
   std::vector<double> partial(chunks * (taps + 1), 0.0);
-  // Weights flipped in (t, h, w): the transposed conv is a correlation with them.
-  const at::Tensor w_flip = w_acc.flip({2, 3, 4}).contiguous();
   AT_DISPATCH_FLOATING_TYPES(acc, "pooled_attention_backward_cpu", [&] {
+    // Weights flipped in (t, h, w): the transposed conv is a correlation with them. taps = 2 k^3.
+    std::vector<scalar_t> w_flip(taps);
+    const scalar_t* w = w_acc.const_data_ptr<scalar_t>();
+    const int64_t k3 = taps / 2;
+    for (int64_t i = 0; i < taps; ++i) w_flip[i] = w[(i / k3) * k3 + (k3 - 1 - i % k3)];
     at::Tensor padded_pooled = at::empty({pad_numel(geo, 2 * geo.N)}, P.options());
     at::Tensor padded_gl = at::zeros({pad_numel(geo, geo.N)}, P.options());
     scalar_t* Pp = padded_pooled.data_ptr<scalar_t>();
@@ -294,18 +299,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pooled_attention_backward_cpu(con
       MERANET_MAPS(pad_maps, scalar_t)(geo, P.data_ptr<scalar_t>(), 2 * geo.N, Pp);
       MERANET_MAPS(logit_and_weight_grad, scalar_t, K)(geo, GA.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), Pp, Gp,
                                                        per_chunk, chunks, partial.data());
-      MERANET_MAPS(pooled_grad, scalar_t, K)(geo, Gp, w_flip.data_ptr<scalar_t>(), mean_divisor,
+      MERANET_MAPS(pooled_grad, scalar_t, K)(geo, Gp, w_flip.data(), mean_divisor,
                                              grad_pooled.data_ptr<scalar_t>());
     });
   });
-  at::Tensor sums = at::zeros({taps + 1}, weight.options().dtype(at::kDouble));
-  double* total = sums.data_ptr<double>();
+  std::vector<double> total(taps + 1, 0.0);
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     for (int64_t j = 0; j <= taps; ++j) total[j] += partial[chunk * (taps + 1) + j];
   }
-  // Copies (copy=true): outputs of an operator must not alias each other or `sums`.
-  at::Tensor grad_weight = sums.narrow(0, 0, taps).view(weight.sizes()).to(weight.scalar_type(), false, true);
-  at::Tensor grad_bias = sums.narrow(0, taps, 1).to(weight.scalar_type(), false, true);
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
+  at::Tensor grad_bias = at::empty({1}, weight.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "pooled_attention_grads", [&] {
+    scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();  // fresh, hence contiguous
+    for (int64_t j = 0; j < taps; ++j) gw[j] = static_cast<scalar_t>(total[j]);
+    grad_bias.mutable_data_ptr<scalar_t>()[0] = static_cast<scalar_t>(total[taps]);
+  });
   return {grad_pooled, grad_weight, grad_bias};
 }
 
@@ -338,7 +346,7 @@ StAttentionForward st_attention_fwd_cpu(const at::Tensor& x, const at::Tensor& w
       });
     });
   });
-  return {out, attn.to(at::kFloat), pooled.to(at::kFloat), argmax};
+  return {out, in_dtype(attn, at::kFloat), in_dtype(pooled, at::kFloat), argmax};
 }
 
 StAttentionBackward st_attention_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x,
@@ -353,8 +361,8 @@ StAttentionBackward st_attention_bwd_cpu(const at::Tensor& grad_out, const at::T
   const at::ScalarType acc = acc_dtype(x.scalar_type());
   const at::Tensor argmax = argmax_in.contiguous();
   // Saved maps in the accumulation type (float64: widened copies of the float32 maps).
-  const at::Tensor attn = attn_in.to(acc).contiguous();
-  const at::Tensor pooled = pooled_in.to(acc).contiguous();
+  const at::Tensor attn = in_dtype(attn_in, acc).contiguous();
+  const at::Tensor pooled = in_dtype(pooled_in, acc).contiguous();
   at::Tensor grad_attn = at::empty({N, S}, x.options().dtype(acc));
   at::Tensor grad_pooled, grad_weight, grad_bias;
 
