@@ -6,10 +6,12 @@
 #
 # Every step runs under `timeout` and the script carries on when one fails, so one failure does not
 # lose the other results; the whole run stays under 8 minutes (a shared deadline caps each step).
-# OUTDIR gets: env.txt, <step>.log for every step, pytest.xml, bench_kernels.json (the raw fused ops,
-# benchmarks/bench_gpu_st_attention.py), bench_op_float32.json / bench_op_bfloat16.json (the public
-# op with autograd, eager and torch.compile: `meranet-fast bench`), and steps.json (exit code and
-# seconds of every step; 124 = timed out).
+# OUTDIR gets: env.txt, <step>.log for every step, pytest.xml, bench_model.json (MERANet-18 step,
+# `meranet-fast bench --model`), bench_<op>_<dtype>.json for st_attention, ra_tail and channel_attention
+# in float32 and bfloat16 (the public op with autograd against eager and torch.compile:
+# `meranet-fast bench --op`), bench_kernels.json (the raw st_attention kernels,
+# benchmarks/bench_gpu_st_attention.py), and steps.json (exit code and seconds of every step; 124 = timed
+# out, "skipped" = the deadline came first).
 # Knobs: PYTHON (default python3), MAX_JOBS (default 16), TORCH_CUDA_ARCH_LIST (default: the GPU's).
 set -u
 
@@ -56,13 +58,21 @@ step() {
 torch.version.cuda, 'triton', triton.__version__, 'device', torch.cuda.get_device_name(0))"
 } > "$OUT/env.txt" 2>&1
 
+# In order of value: what fails first is what the later steps would have told least.
 step build 170 "$PY" setup.py build_ext --inplace
 step pytest 120 "$PY" -m pytest -q -m "cuda or triton" tests/ --junitxml "$OUT/pytest.xml"
-step bench_kernels 60 "$PY" benchmarks/bench_gpu_st_attention.py --json "$OUT/bench_kernels.json"
-for dtype in float32 bfloat16; do
-    step "bench_op_$dtype" 70 "$PY" -m meranet_fast.cli bench --op st_attention --device cuda \
-        --dtype "$dtype" --reps 50 --warmup 5 --json "$OUT/bench_op_$dtype.json"
+# Issue #6's GPU targets: fused vs eager MERANet-18 step in bf16 and fp32, attention overhead over the
+# vanilla ResNet (the torch.compile variant is left out: its compiles would not fit the deadline).
+step bench_model 100 "$PY" -m meranet_fast.cli bench --model --device cuda --batch 2,8 --input 16x112x112 \
+    --dtype bfloat16,float32 --reps 5 --models resnet3d18,meranet18-eager,meranet18-fused \
+    --json "$OUT/bench_model.json"
+for op in st_attention ra_tail channel_attention; do
+    for dtype in float32 bfloat16; do
+        step "bench_${op}_$dtype" 45 "$PY" -m meranet_fast.cli bench --op "$op" --device cuda \
+            --dtype "$dtype" --reps 30 --warmup 5 --json "$OUT/bench_${op}_$dtype.json"
+    done
 done
+step bench_kernels 60 "$PY" benchmarks/bench_gpu_st_attention.py --json "$OUT/bench_kernels.json"
 
 awk -F '\t' 'BEGIN { printf "[" }
     { printf "%s\n {\"step\": \"%s\", \"exit\": \"%s\", \"seconds\": %s}", (NR > 1 ? "," : ""), $1, $2, $3 }

@@ -7,6 +7,8 @@ import statistics
 import pytest
 import torch
 
+from meranet_fast import _extension
+
 from meranet_fast.benchmark import harness, report
 from meranet_fast.benchmark.op_bench import make_pass_fn, run_op_benchmark
 from meranet_fast.benchmark.specs import REGISTRY, BackendUnavailable, get_spec, parse_shape
@@ -361,6 +363,17 @@ def test_model_benchmark_tiny_clip(tmp_path):
     assert len(prof["runs_attention_ms"]) == 2 and prof["total"]["attention_ms"] == min(prof["runs_attention_ms"])
     assert "attention time" in report.format_model_table(res)
     assert report.plot_model_times(res, tmp_path / "m.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not _extension.is_loaded(), reason="the fused tail operator needs meranet_fast._C")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_model_probe_runs_the_model_as_the_benchmark_does(dtype):
+    """The probe that decides whether the fused variants are measured runs fused MERANet under the
+    benchmark's autocast: float32 parameters with bfloat16 activations must pass (an earlier probe
+    called the STA op with bfloat16 activations and float32 weights and skipped bf16 runs)."""
+    from meranet_fast.benchmark.model_bench import fused_model_available
+
+    assert fused_model_available(torch.device("cpu"), dtype) == (True, "ok")
 
 
 @pytest.mark.slow

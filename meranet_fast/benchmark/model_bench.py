@@ -217,14 +217,25 @@ def _build(variant: str) -> torch.nn.Module:
     raise ValueError(f"unknown model variant {variant!r}; known: {MODEL_VARIANTS}")
 
 
-def fused_model_available(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
-    """Whether the fused spatio-temporal attention op runs here (a tiny forward and backward)."""
-    try:
-        from meranet_fast.nn import SpatioTemporalAttention3d
+def mixed_precision(device: torch.device, dtype: torch.dtype) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context the benchmark runs a model in: autocast to ``dtype`` (float32 parameters, low-precision
+    activations, as a mixed-precision training step does), or nothing for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
-        sta = SpatioTemporalAttention3d(impl="fused").to(device)
-        x = torch.randn(1, 4, 2, 3, 3, device=device, dtype=dtype, requires_grad=True)
-        sta(x).sum().backward()
+
+def fused_model_available(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
+    """Whether fused MERANet runs here as the benchmark runs it: a tiny MERANet-10 forward and backward
+    under :func:`mixed_precision` (its blocks call the fused tail operator)."""
+    try:
+        from meranet_fast import models
+
+        model = models.meranet10(num_classes=3).to(device).eval()  # eval: batch-1 BN on 1x1x1 maps
+        x = torch.randn(1, 3, 2, 16, 16, device=device)
+        with mixed_precision(device, dtype)():
+            out = model(x)
+        out.float().sum().backward()
         return True, "ok"
     except Exception as exc:
         return False, f"{type(exc).__name__}: {exc}"
@@ -264,7 +275,7 @@ def run_model_benchmark(
                     skipped[v] = f"the fused op cannot run ({why})"
                     log(f"[bench] skipping {v}: {skipped[v]}")
                 active = [v for v in active if v not in want_fused]
-        amp = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
+        amp = mixed_precision(device, dtype)
         base = {}
         for v in active:
             m = _build(v).to(device)
