@@ -70,7 +70,9 @@ void backward_op_without_derivative(const c10::OperatorHandle& op, torch::jit::S
 
 Tensor ca_network(const Tensor& avg, const Tensor& mx, const Tensor& w_reduce, const OptTensor& b_reduce,
                   const Tensor& w_expand, const OptTensor& b_expand) {
-  if (ca_network_runs_on_cpu_loops(avg, w_reduce)) return ca_network_cpu(avg, mx, w_reduce, b_reduce, w_expand, b_expand);
+  if (ca_network_runs_on_cpu_loops(avg, w_reduce)) {
+    return ca_network_cpu(avg, mx, w_reduce, b_reduce, w_expand, b_expand);
+  }
   const auto dtype = avg.scalar_type();
   const int64_t n = avg.size(0);
   const Tensor v = at::cat({avg, mx});  // both pooled rows through the same network at once
@@ -88,13 +90,14 @@ NetworkGrads ca_network_backward(const Tensor& grad_a, const Tensor& a, const Te
   const auto dtype = a.scalar_type();
   const int64_t n = avg.size(0);
   const Tensor v = at::cat({avg, mx});
-  const Tensor h = at::linear(v, in_dtype(w_reduce, dtype), cast(b_reduce, dtype));  // recomputed: [2N, C/r] is tiny
-  const Tensor gs = grad_a * a * (1 - a);                                     // sigmoid'
-  const Tensor gs2 = at::cat({gs, gs});                                       // both rows feed the same sum
-  const Tensor g_we = gs2.t().mm(at::relu(h));                               // [C, C/r]
-  const Tensor gh = gs2.mm(in_dtype(w_expand, dtype)) * (h > 0);                     // relu'(h), 0 at h == 0 like torch
-  const Tensor g_wr = gh.t().mm(v);                                           // [C/r, C]
-  const Tensor gv = gh.mm(in_dtype(w_reduce, dtype));                                // [2N, C]
+  // h is recomputed ([2N, C/r] is tiny); gs2: both pooled rows feed the same sigmoid.
+  const Tensor h = at::linear(v, in_dtype(w_reduce, dtype), cast(b_reduce, dtype));
+  const Tensor gs = grad_a * a * (1 - a);                             // sigmoid'
+  const Tensor gs2 = at::cat({gs, gs});
+  const Tensor g_we = gs2.t().mm(at::relu(h));                        // [C, C/r]
+  const Tensor gh = gs2.mm(in_dtype(w_expand, dtype)) * (h > 0);      // relu'(h), 0 at h == 0 like torch
+  const Tensor g_wr = gh.t().mm(v);                                   // [C/r, C]
+  const Tensor gv = gh.mm(in_dtype(w_reduce, dtype));                 // [2N, C]
   return {gv.narrow(0, 0, n),
           gv.narrow(0, n, n),
           in_dtype(g_wr, w_reduce.scalar_type()),

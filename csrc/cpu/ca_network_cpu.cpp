@@ -22,7 +22,11 @@
 namespace meranet {
 namespace {
 
-// Multiply-adds of one [2N, C] x [C, R] product up to which the loops beat ATen's GEMM on CPU.
+// Multiply-adds of one [2N, C] x [C, R] product up to which the loops run. channel_attention forward +
+// backward at [N, 512, 1, 2, 2], r = 16, loops / ATen GEMM (2 threads, AMD EPYC): N = 4 219 / 378 us,
+// N = 8 (2^18) 340 / 488, N = 16 589 / 757, N = 32 1327 / 1261, N = 64 2653 / 2179 (medians of 300 calls,
+// one run each; single runs move by up to 40 %, so the crossover lies somewhere in 2^19..2^20). MERANet's
+// blocks at batch <= 8 all stay below.
 constexpr int64_t kMaxLoopMultiplyAdds = int64_t(1) << 18;
 
 // A contiguous copy of a weight or bias in the accumulation dtype (undefined for an absent bias).
