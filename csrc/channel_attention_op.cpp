@@ -74,7 +74,7 @@ class ChannelAttentionFunction : public torch::autograd::Function<ChannelAttenti
         op.call(as_optional(grads[0]), as_optional(grads[1]), as_optional(grads[2]), as_optional(grads[3]), saved[0],
                 saved[1], as_optional(b_reduce), saved[3], as_optional(b_expand), saved[5], saved[6], saved[7],
                 saved[8], ctx->saved_data["backend"].toStringRef());
-    return {grad_y, g_wr, b_reduce.defined() ? g_br : Tensor(), g_we, b_expand.defined() ? g_be : Tensor(), Tensor()};
+    return {grad_y, g_wr, grad_if_given(g_br, b_reduce), g_we, grad_if_given(g_be, b_expand), Tensor()};
   }
 };
 

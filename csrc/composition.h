@@ -51,6 +51,9 @@ c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
 // An undefined tensor (an absent bias, a gradient autograd left out) as an absent optional.
 inline OptTensor as_optional(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
+// The gradient of an optional input as autograd wants it: none when the input is absent (undefined).
+inline Tensor grad_if_given(const Tensor& grad, const Tensor& input) { return input.defined() ? grad : Tensor(); }
+
 // Autograd kernel of the backward operators (boxed, for any schema): they have no derivative, so with
 // grad mode on and an input that requires grad (double backward, create_graph=True) it raises an error
 // naming the operator; otherwise it runs the operator below autograd.

@@ -43,9 +43,6 @@ Grads ra_tail_backward(const Tensor& grad_out, const Tensor& out, const Tensor& 
   return {grad_y, grad_z, g_wr, g_br, g_we, g_be, grad_st_weight, grad_st_bias};
 }
 
-// The gradient of an optional input: none when the input is absent.
-Tensor grad_if_given(const Tensor& grad, const Tensor& input) { return input.defined() ? grad : Tensor(); }
-
 class RaTailFunction : public torch::autograd::Function<RaTailFunction> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& y,
