@@ -1,4 +1,4 @@
-// Fused channel attention (DESIGN.md §2, paper eq. 6-10): kernel-level operators shared with the RA tail.
+// Fused channel attention (docs/design.md §2.2, paper eq. 6-10): kernel-level operators shared with the RA tail.
 //
 //   a = sigmoid(We relu(Ws avg_thw y) + We relu(Ws max_thw y))   (the [N, C] network runs in torch)
 //   out = y * a[n, c]

@@ -36,7 +36,7 @@ std::string build_info() {
 
 TORCH_LIBRARY(meranet, m) {
   m.def("build_info() -> str", &meranet::build_info);
-  // Fused spatio-temporal attention (csrc/st_attention.h, DESIGN.md §2).
+  // Fused spatio-temporal attention (csrc/st_attention.h, docs/design.md §2.1).
   m.def("st_attention_fwd(Tensor x, Tensor weight, Tensor? bias) -> "
         "(Tensor out, Tensor attn, Tensor pooled, Tensor argmax)");
   m.def("st_attention_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor attn, Tensor pooled, "

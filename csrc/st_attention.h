@@ -1,4 +1,4 @@
-// Fused spatio-temporal attention (DESIGN.md §2): declarations shared by the CPU and CUDA kernels.
+// Fused spatio-temporal attention (docs/design.md §2.1): declarations shared by the CPU and CUDA kernels.
 //
 // Forward:  out = x * A,  A = sigmoid(conv3d([mean_c x; max_c x], weight, bias, pad = k/2))
 // Saved for backward: attn A [N,1,T,H,W] f32, pooled P [N,2,T,H,W] f32, argmax I [N,T,H,W] i32

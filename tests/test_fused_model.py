@@ -1,9 +1,9 @@
 """Fused MERANet (the default, ``meranet::ra_tail`` in every block) against the eager reference model.
 
-Tolerance: with the same weights, the fused model's outputs and gradients must be within 4x the error (2x in DESIGN.md for single ops; the
+Tolerance: with the same weights, the fused model's outputs and gradients must be within 4x the error (2x in docs/design.md §6 for single ops; the
 sta bias gradient, a cancelling sum over N*T*H*W, was seen at 2.5x in meranet18 train mode)
 of the eager model run in float32, both measured against the eager model in float64 (plus 3e-4 of the
-tensor's scale: float32 reduction order), the rule of DESIGN.md for fused kernels applied to the whole network.
+tensor's scale: float32 reduction order), the rule of docs/design.md §6 for fused kernels applied to the whole network.
 """
 import copy
 

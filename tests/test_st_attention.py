@@ -182,7 +182,7 @@ def test_cpp_both_instruction_sets(monkeypatch, isa, k, layout):
 
 
 def _low_precision_case(backend, device, dtype, shape, k, layout="contiguous"):
-    """Fused error vs the fp64 reference <= 2x the eager-in-dtype error + eps (DESIGN.md §3)."""
+    """Fused error vs the fp64 reference <= 2x the eager-in-dtype error + eps (docs/design.md §6)."""
     _, w, b = _inputs(shape, k=k, device=device, dtype=dtype)
     # Tie-free x, exact in every dtype: distinct multiples of 1/4 along C plus a shared offset per
     # position (on ties the fused backends and eager amax route the max gradient differently).

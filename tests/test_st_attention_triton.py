@@ -77,7 +77,7 @@ def assert_matches_reference(x, weight, bias, g, rtol=1e-4, atol=1e-4):
 
 
 def assert_within_twice_eager(got, eager, exact, dtype):
-    """DESIGN's low-precision rule on (out, attn, grad_x, grad_weight, grad_bias): the fused error
+    """The low-precision rule of docs/design.md §6 on (out, attn, grad_x, grad_weight, grad_bias): the fused error
     against fp64 stays within 2x the error of eager PyTorch in dtype, plus one ulp of the magnitude."""
     for name, f, e, ref in zip(("out", "attn", "grad_x", "grad_weight", "grad_bias"), got, eager, exact):
         fused_err = (f.double() - ref).abs().max().item()

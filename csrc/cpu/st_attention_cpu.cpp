@@ -1,4 +1,4 @@
-// CPU kernels of the fused spatio-temporal attention op (DESIGN.md §2).
+// CPU kernels of the fused spatio-temporal attention op (docs/design.md §2.1).
 //
 //   out = x * A,  A = sigmoid(conv3d([mean_c x; max_c x], w, b, pad = k/2)),  x: [N, C, T, H, W]
 //

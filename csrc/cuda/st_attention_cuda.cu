@@ -1,4 +1,4 @@
-// CUDA kernels of the fused spatio-temporal attention op (DESIGN.md §2), registered for the CUDA
+// CUDA kernels of the fused spatio-temporal attention op (docs/design.md §2.1), registered for the CUDA
 // dispatch key of meranet::st_attention_fwd / meranet::st_attention_bwd.
 //
 //   out = x * A,   A = sigmoid(L),   L = conv3d(P, w, b, padding = K/2),   P = [mean_c x ; max_c x]

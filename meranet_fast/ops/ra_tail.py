@@ -16,7 +16,7 @@ Schedule (kernel-level ops of a backend; C++ on CPU and CUDA, Triton with the ``
               ca_input_grad(gz, a, g_avg, g_max, argmax_thw, A, gP, I) -> gy
                                                            read gz, write gy              2
 
-5 passes over y-sized tensors forward (the limit of DESIGN §2: read y twice, read y + shortcut,
+5 passes over y-sized tensors forward (the budget of docs/design.md §3: read y twice, read y + shortcut,
 write out) and 8 backward (writing gz is free: grad_shortcut must be materialised anyway, and it
 replaces reading g and out twice more). Eager PyTorch: about 13 forward (CA: mean, amax, mul;
 STA: mean, amax, mul; add; relu) and 30+ backward.

@@ -1,4 +1,4 @@
-"""Fused spatio-temporal attention (DESIGN.md §2): public functions, autograd, fake kernels, backends.
+"""Fused spatio-temporal attention (docs/design.md §2.1): public functions, autograd, fake kernels, backends.
 
 ``out = x * sigmoid(conv3d([mean_c x; max_c x], weight, bias, padding=k//2))``
 

@@ -1,4 +1,4 @@
-"""Triton backend of the fused spatio-temporal attention op (DESIGN.md §2).
+"""Triton backend of the fused spatio-temporal attention op (docs/design.md §2.1).
 
 ``out = x * sigmoid(conv3d([mean_c x; max_c x], weight, bias, padding=k//2))``
 
