@@ -139,6 +139,9 @@ def build(out: str, src_root: str, files: list[str], asan: bool = True, jobs: in
         objs = list(pool.map(compile_one, files))
     ext = _extension_library()
     lib = os.path.join(out, "libmeranet_emu.so")
+    inputs = objs + list(link_objects or []) + [ext]
+    if os.path.exists(lib) and os.path.getmtime(lib) >= max(os.path.getmtime(p) for p in inputs):
+        return lib  # up to date (and possibly loaded by a running test: not rewritten)
     cmd = ([CXX, "-shared", "-o", lib] + objs + list(link_objects or []) + (ASAN_FLAGS if asan else []) + ["-fopenmp", ext,
            f"-Wl,-rpath,{os.path.dirname(ext)}"] + libs +
            [f"-Wl,-rpath,{p[2:]}" for p in libs if p.startswith("-L")])

@@ -599,15 +599,20 @@ inline std::string kernel_name(const Block& b) {
   if (with == std::string::npos) return name;
   std::string args = sig.substr(with + 6, sig.rfind(']') - with - 6), out;
   size_t pos = 0;
-  while (pos < args.size()) {  // "int K = 3; bool CL = false" -> "K = 3, CL = false"
+  // "int K = 3; bool CL = false; int64_t = long int" -> "K = 3, CL = false" (g++ appends the typedefs the
+  // signature uses after the template arguments)
+  static const char* const kTypedefs[] = {"int64_t", "int32_t", "uint64_t", "uint32_t", "size_t", "ptrdiff_t"};
+  while (pos < args.size()) {
     size_t end = args.find("; ", pos);
     if (end == std::string::npos) end = args.size();
     std::string item = args.substr(pos, end - pos);
+    pos = end + 2;
     const size_t eq = item.find(" = ");
     const size_t sp = eq == std::string::npos ? std::string::npos : item.rfind(' ', eq - 1);
     if (sp != std::string::npos) item = item.substr(sp + 1);
+    const std::string param = item.substr(0, item.find(" = "));
+    if (std::find(std::begin(kTypedefs), std::end(kTypedefs), param) != std::end(kTypedefs)) continue;
     out += (out.empty() ? "" : ", ") + item;
-    pos = end + 2;
   }
   return name + "<" + out + ">";
 }

@@ -114,9 +114,10 @@ __global__ void syncwarp_lane_at_barrier_kernel(float* out) {
   out[threadIdx.x] = 1.f;
 }
 
-__global__ void global_off_by_one_kernel(const float* in, float* out, int n) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = in[i + 1];
+template <typename scalar_t, int STEP>
+__global__ void global_off_by_one_kernel(const scalar_t* in, scalar_t* out, int64_t n) {
+  const int64_t i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = in[i + STEP];
 }
 
 __global__ void shared_off_by_one_kernel(float* out) {
@@ -187,7 +188,7 @@ at::Tensor misuse(const at::Tensor& out, int64_t which) {
     case 6: {
       const int n = static_cast<int>(out.numel());
       at::Tensor in = at::zeros_like(out);
-      global_off_by_one_kernel<<<(n + 127) / 128, 128>>>(in.data_ptr<float>(), o, n);
+      global_off_by_one_kernel<float, 1><<<(n + 127) / 128, 128>>>(in.data_ptr<float>(), o, n);
       break;
     }
     case 7: shared_off_by_one_kernel<<<1, 32>>>(o); break;
