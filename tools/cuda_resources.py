@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         print("cuda_resources: no ptxas report in the build output (is nvcc installed?)", file=sys.stderr)
         return 1
     seen = launches(args.launches)
+    if not seen:
+        print(f"cuda_resources: no launch log at {args.launches}: occupancy needs block sizes, run "
+              "`make test-cuda-emu` first", file=sys.stderr)
     bad = [r for r in rows if r["spill_st"] or r["spill_ld"] or r["stack"]]
     nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
