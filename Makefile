@@ -89,12 +89,12 @@ compat-build: $(COMPAT_VENV)/.installed
 	find $(COMPAT_TREE)/meranet_fast -name '*.py' -delete 2>/dev/null || true
 	git ls-files -z -co --exclude-standard | tar --null -T - -cf - | tar -xf - -C $(COMPAT_TREE)
 	cd $(COMPAT_TREE) && $(COMPAT_BIN)/python setup.py -q build_ext --inplace
-	cd $(COMPAT_TREE) && $(COMPAT_BIN)/python tools/compat_check.py imports
+	cd $(COMPAT_TREE) && PYTHONPATH=$$PWD $(COMPAT_BIN)/python tools/compat_check.py imports
 
 # The CPU suite without the Triton tests, which the rehearsal runs (under the interpreter) as part of the
 # GPU check's selection.
 test-compat: compat-build
-	cd $(COMPAT_TREE) && $(COMPAT_BIN)/python -m pytest tests -m "not triton" -q -p no:cacheprovider
+	cd $(COMPAT_TREE) && PYTHONPATH=$$PWD $(COMPAT_BIN)/python -m pytest tests -m "not triton" -q -p no:cacheprovider
 
 # The GPU test selection must collect as many tests there as in the main venv (every dependency present).
 gpu-rehearsal: compat-build build

@@ -8,11 +8,12 @@
 # first (one line and exit 3 within seconds when either is missing), then, each step under its own time
 # limit and a shared deadline (planned to end within 6 minutes on 16 cores), in order of value:
 #   build          the extension with the CUDA sources (MERANET_FORCE_CUDA=1), MAX_JOBS = all cores
-#   triton_aot     every Triton kernel variant of the benchmarks, compiled for sm_90 on all cores
-#                  (tools/triton_aot.py): register / shared-memory limits checked, Triton's cache warmed
 #   tests_cuda     the CUDA C++ kernel tests, verbose, JUnit XML
 #   tests_triton   the Triton tests, in parallel (pytest-xdist when installed), per-test timeout
 #                  (pytest-timeout when installed), verbose, JUnit XML
+#   triton_aot     every Triton kernel variant of the benchmarks, compiled for sm_90 on all cores
+#                  (tools/triton_aot.py): register / spill / shared-memory limits checked, and Triton's
+#                  cache warmed for the benchmarks' autotuning
 #   bench_model    a cheap MERANet-18 benchmark (training step, batch 2 and 8, bf16, 3 reps)
 #   bench_<op>_<dtype>  each fused op against eager, torch.compile, CUDA C++ and Triton; the JSON is
 #                  rewritten after every shape, so a step cut off keeps what it measured
@@ -25,8 +26,8 @@
 # and openpyxl, like the GPU machine): the same steps where they can run on a CPU: the build (CUDA sources
 # compiled when nvcc exists), the GPU test selection collected with zero errors (and, with
 # GPU_CHECK_EXPECT_TESTS, the count a full environment collects), the CUDA tests (they skip), the Triton
-# tests under TRITON_INTERPRET=1, the AOT compile, tiny CPU benchmarks through the same commands, and the
-# output rules.
+# tests under TRITON_INTERPRET=1, the AOT compile (a representative set), tiny CPU benchmarks through the
+# same commands, and the output rules.
 # Knobs: PYTHON (default python3), MAX_JOBS (default: all cores), GPU_CHECK_BUDGET (seconds, default 330).
 set -u
 
@@ -133,10 +134,14 @@ if [ "$REHEARSAL" = 1 ]; then
     step collect 120 "${PYTEST[@]}" --collect-only -q -m "cuda or triton" tests
     step collect_check 10 "$PY" benchmarks/gpu_check_report.py collected "$WORK/collect.log" "${GPU_CHECK_EXPECT_TESTS:-}"
 fi
-# The AOT compile never runs under the interpreter (it compiles the real kernels).
-step triton_aot 90 env -u TRITON_INTERPRET "$PY" tools/triton_aot.py --jobs "$NPROC" --json "$WORK/triton_aot.json"
 step tests_cuda 90 "${PYTEST[@]}" -v -m "cuda and not triton" tests "${TIMEOUT[@]}" --junitxml "$WORK/tests_cuda.xml"
 step tests_triton 150 "${PYTEST[@]}" -v -m triton tests "${XDIST[@]}" "${TIMEOUT[@]}" --junitxml "$WORK/tests_triton.xml"
+
+# The AOT compile never runs under the interpreter (it compiles the real kernels).
+# The rehearsal compiles one variant per kernel, dtypes, block sizes and flags (2 cores); the GPU run all.
+AOT=(--jobs "$NPROC" --json "$WORK/triton_aot.json")
+[ "$REHEARSAL" = 1 ] && AOT+=(--representative)
+step triton_aot 60 env -u TRITON_INTERPRET "$PY" tools/triton_aot.py "${AOT[@]}"
 
 BENCH=("$PY" -m meranet_fast.cli bench --device "$DEVICE")
 if [ "$REHEARSAL" = 1 ]; then  # the same commands on tiny CPU work

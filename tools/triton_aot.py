@@ -1,6 +1,6 @@
 """Ahead-of-time compile of the Triton kernels for Hopper (sm_90), on a machine without a GPU.
 
-  python tools/triton_aot.py [--jobs N] [--json OUT] [--limit N]
+  python tools/triton_aot.py [--jobs N] [--json OUT] [--representative]
 
 The variants are the ones a GPU run launches, found by running the real launch code, not listed by hand:
 the public fused operators (forward and backward, with ``backend="triton"``) are called on CPU tensors of
@@ -100,8 +100,8 @@ def record_launches() -> tuple[list, list[str]]:
     import importlib
 
     from meranet_fast.benchmark.specs import REGISTRY
-    from meranet_fast.ops import st_attention as sta
 
+    sta = importlib.import_module("meranet_fast.ops.st_attention")  # the module (ops exports the function)
     recorder = _Recorder()
     for name in KERNEL_MODULES:
         importlib.import_module(name).wrap_triton = recorder
@@ -125,8 +125,11 @@ def record_launches() -> tuple[list, list[str]]:
 # ------------------------------------------------------------------------------------------------
 # Variants: the specialization a CUDA launch would compile
 # ------------------------------------------------------------------------------------------------
-def variants(launches) -> dict[str, tuple]:
-    """key -> (jit function, signature, constexprs, attrs, options dict), one per distinct compile."""
+def variants(launches, representative: bool = False) -> dict[str, tuple]:
+    """key -> (jit function, signature, constexprs, attrs, options dict), one per distinct compile.
+
+    ``representative``: one variant per kernel, argument types, declared constexprs (block sizes, flags)
+    and options, whatever the integer and pointer specializations (divisibility by 16, a value of 1)."""
     backend = make_backend(TARGET)
     binders = {}
     out = {}
@@ -140,9 +143,16 @@ def variants(launches) -> dict[str, tuple]:
             bound, specialization, options = binders[fn](**call)
             options_obj, signature, constexprs, attrs = fn._pack_args(backend, call, bound, specialization, options)
             options = {k: v for k, v in options_obj.__dict__.items()}
-            key = json.dumps([fn.__name__, signature, sorted((str(k), repr(v)) for k, v in constexprs.items()),
-                              sorted((str(k), repr(v)) for k, v in attrs.items()),
-                              sorted((k, repr(v)) for k, v in options.items())])
+            declared = {fn.arg_names.index(p.name) for p in fn.params if p.is_constexpr}
+            if representative:
+                types = [t if t != "constexpr" or i in declared else "int" for i, t in enumerate(signature.values())]
+                key = json.dumps([fn.__name__, types,
+                                  sorted((str(k), repr(v)) for k, v in constexprs.items() if k[0] in declared),
+                                  sorted((k, repr(v)) for k, v in options.items())])
+            else:
+                key = json.dumps([fn.__name__, signature, sorted((str(k), repr(v)) for k, v in constexprs.items()),
+                                  sorted((str(k), repr(v)) for k, v in attrs.items()),
+                                  sorted((k, repr(v)) for k, v in options.items())])
             out.setdefault(key, (fn, signature, constexprs, attrs, options))
     return out
 
@@ -199,17 +209,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
     parser.add_argument("--json", help="write every variant's result here")
-    parser.add_argument("--limit", type=int, help="compile only the first N variants (a quick check)")
+    parser.add_argument("--representative", action="store_true",
+                        help="one variant per kernel, dtypes, constexprs and options (not per integer "
+                             "specialization): the CPU rehearsal's budget")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     launches, cases = record_launches()
     found = variants(launches)
-    items = sorted(found.items())[: args.limit] if args.limit else sorted(found.items())
+    chosen = variants(launches, representative=True) if args.representative else found
+    items = sorted(chosen.items())
     record_s = time.perf_counter() - start
     print(f"triton_aot: {len(launches)} launches recorded over {len(cases)} op/shape/dtype cases; "
           f"{len(found)} distinct variants for cuda sm_{TARGET.arch} (triton {triton.__version__}, "
-          f"{record_s:.1f}s); compiling {len(items)} with {args.jobs} processes", flush=True)
+          f"{record_s:.1f}s); compiling {len(items)}{' representative ones' if args.representative else ''} "
+          f"with {args.jobs} processes", flush=True)
     compile_start = time.perf_counter()
     if args.jobs > 1:
         # fork: the workers inherit the recorded JIT functions.
@@ -237,7 +251,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"target": f"cuda sm_{TARGET.arch}", "triton": triton.__version__, "torch": torch.__version__,
-                       "cases": cases, "launches": len(launches), "variants": len(found), "compiled": len(rows),
+                       "cases": cases, "launches": len(launches), "variants": len(found),
+                       "representative_only": args.representative, "compiled": len(rows),
                        "failed": len(failed), "record_seconds": round(record_s, 1),
                        "compile_seconds": round(compile_s, 1), "results": rows}, f, indent=1)
     return 1 if failed else 0
