@@ -166,6 +166,6 @@ fi
 echo "[gpu_check] done in ${SECONDS}s"
 "$PY" benchmarks/gpu_check_report.py summary "$WORK/steps.tsv" "$WORK" "$OUT"
 status=$?
-cp "$WORK/steps.tsv" "$WORK/steps.txt" && tar -czf "$OUT/results.tar.gz" -C "$WORK" .
+tar -czf "$OUT/results.tar.gz" -C "$WORK" .
 "$PY" benchmarks/gpu_check_report.py outputs "$OUT" || status=1
 exit $status

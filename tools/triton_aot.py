@@ -18,8 +18,12 @@ cubin's resource usage (cuobjdump) is checked against sm_90's limits: at most 25
 on any compile error or overflow, and prints the count and the time. Needs triton (the compat venv's 3.6)
 and meranet_fast._C (the composed ops); never set TRITON_INTERPRET=1 for it.
 
-What this does not cover: the tiny shapes of the GPU tests specialize some integer arguments differently
-(e.g. a size of 1); their kernels and configs are the same as here.
+``--representative`` compiles one variant per kernel, argument dtypes, declared constexprs (block sizes,
+flags, kernel size) and options, leaving out the variants that differ only in Triton's integer and pointer
+specializations (divisibility by 16, a value of 1): the CPU rehearsal's budget. The GPU run compiles all.
+
+Not covered: the tiny shapes of the GPU tests specialize some integer arguments differently (e.g. a size of
+1); their kernels, dtypes and configs are the ones compiled here.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -52,6 +57,11 @@ MODEL_CLIP = (16, 112, 112)
 MODEL_BATCHES = (2, 8)
 KERNEL_MODULES = ("meranet_fast.ops.triton.st_attention", "meranet_fast.ops.triton.channel_attention",
                   "meranet_fast.ops.triton.ra_tail")
+
+
+def _jit_function(kernel):
+    """The JITFunction of a launched kernel (an Autotuner wraps one)."""
+    return kernel.fn if isinstance(kernel, Autotuner) else kernel
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,7 +83,7 @@ class _Launcher:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            fn = getattr(self.kernel, "fn", self.kernel)
+            fn = _jit_function(self.kernel)
             names = [p.name for p in fn.params]
             self.recorder.launches.append((self.kernel, {**dict(zip(names, args)), **kwargs}))
 
@@ -134,8 +144,8 @@ def variants(launches, representative: bool = False) -> dict[str, tuple]:
     binders = {}
     out = {}
     for kernel, kwargs in launches:
-        fn = getattr(kernel, "fn", kernel)
-        configs = getattr(kernel, "configs", None) or [None]
+        fn = _jit_function(kernel)
+        configs = kernel.configs if isinstance(kernel, Autotuner) else [None]
         if fn not in binders:
             binders[fn] = create_function_from_signature(fn.signature, fn.params, backend)
         for config in configs:
