@@ -145,7 +145,7 @@ step triton_aot 60 env -u TRITON_INTERPRET "$PY" tools/triton_aot.py "${AOT[@]}"
 
 BENCH=("$PY" -m meranet_fast.cli bench --device "$DEVICE")
 if [ "$REHEARSAL" = 1 ]; then  # the same commands on tiny CPU work
-    step bench_model 120 "${BENCH[@]}" --model --batch 1 --input 2x32x32 --dtype float32 --reps 1 --warmup 0 \
+    step bench_model 120 "${BENCH[@]}" --model --batch 2 --input 2x32x32 --dtype float32 --reps 1 --warmup 0 \
         --modes train --no-profile --models meranet18-eager,meranet18-fused --json "$WORK/bench_model.json"
     for op in ra_tail st_attention channel_attention; do
         step "bench_${op}_float32" 120 "${BENCH[@]}" --op "$op" --dtype float32 --shapes 1x8x2x5x6 \

@@ -183,8 +183,11 @@ def _resources(cubin: bytes) -> dict[str, int]:
     return {k.lower(): int(v) for k, v in found.items()}
 
 
-def compile_one(item) -> dict:
-    key, (fn, signature, constexprs, attrs, options) = item
+_ITEMS: list = []  # the variants, set before the worker processes fork (JIT functions do not pickle)
+
+
+def compile_one(index: int) -> dict:
+    key, (fn, signature, constexprs, attrs, options) = _ITEMS[index]
     start = time.perf_counter()
     row = {"kernel": fn.__name__, "num_warps": options.get("num_warps"),
            "constexprs": {fn.arg_names[k[0]]: repr(v) for k, v in constexprs.items()
@@ -235,15 +238,16 @@ def main(argv=None) -> int:
           f"{record_s:.1f}s); compiling {len(items)}{' representative ones' if args.representative else ''} "
           f"with {args.jobs} processes", flush=True)
     compile_start = time.perf_counter()
+    _ITEMS[:] = items
     if args.jobs > 1:
-        # fork: the workers inherit the recorded JIT functions.
+        # fork: the workers inherit _ITEMS and get indices.
         import multiprocessing
 
         with futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork"),
                                          initializer=_init_worker) as pool:
-            rows = list(pool.map(compile_one, items, chunksize=4))
+            rows = list(pool.map(compile_one, range(len(items)), chunksize=2))
     else:
-        rows = [compile_one(item) for item in items]
+        rows = [compile_one(i) for i in range(len(items))]
     compile_s = time.perf_counter() - compile_start
     failed = [r for r in rows if r["problems"]]
     per_kernel = {}

@@ -148,6 +148,10 @@ def _ra_pooled_grad_kernel(glogit_ptr, pooled_ptr, w_ptr, gpooled_ptr, gw_part_p
 _POOL = tunable(_ra_pool_kernel, STREAM_CONFIGS, KEY)
 _ATTEND = tunable(_ra_attend_kernel, STREAM_CONFIGS, KEY + ["K"])
 _LOGIT_GRAD = tunable(_ra_logit_grad_kernel, STREAM_CONFIGS, KEY)
+# Fixed BLOCK_S (an argument) and launch options: a one-config autotuner never benchmarks. It is launched
+# through an autotuner like every other kernel because torch 2.11's wrap_triton rejects a bare kernel
+# under the interpreter (TRITON_INTERPRET=1).
+_POOLED_GRAD = triton.autotune(configs=[triton.Config({}, num_warps=4)], key=[])(_ra_pooled_grad_kernel)
 
 
 def _geometry(y):
@@ -240,7 +244,7 @@ def ra_attend_bwd_triton(
     programs = n * triton.cdiv(s, _GATHER_BLOCK_S)
     gw_partial = y.new_empty((programs, 2, k, kk), dtype=torch.float32)
     gb_partial = y.new_empty((programs,), dtype=torch.float32)
-    wrap_triton(_ra_pooled_grad_kernel)[(programs,)](
+    wrap_triton(_POOLED_GRAD)[(programs,)](
         glogit, pooled.contiguous(), weight.to(torch.float32).contiguous(), grad_pooled, gw_partial, gb_partial,
         s, t, h, w, K=k, KK=kk, BLOCK_S=_GATHER_BLOCK_S)
     # Fixed-order reductions of the per-program partials: deterministic.
