@@ -1,12 +1,49 @@
 """Shared pytest configuration: every test starts from the same random state.
 
 Markers (``cuda``, ``triton``, ``slow``) are declared in pyproject.toml.
+MERANET_REQUIRE_OPTIONAL=1 (set by `make test`): the run fails at once if an optional dependency is
+missing, so none of the tests that need one (tests/fixtures/optional.py) can skip in that run.
 """
+import os
 import random
 
 import numpy as np
 import pytest
 import torch
+
+from meranet_fast._optional import OPTIONAL, available
+
+
+def pytest_configure(config):
+    if os.environ.get("MERANET_REQUIRE_OPTIONAL") == "1":
+        missing = [m for m in OPTIONAL if not available(m)]
+        if missing:
+            raise pytest.UsageError(f"MERANET_REQUIRE_OPTIONAL=1 but {', '.join(missing)} cannot be found: install the "
+                                    "[full] extra (`make test` does), or unset the variable to let their tests skip")
+
+
+def _triton_test_device():
+    """(device the Triton tests run on, why): CPU tensors under the interpreter (TRITON_INTERPRET=1),
+    CUDA tensors on a GPU otherwise, None when neither can run."""
+    from meranet_fast.ops import triton as triton_backend
+
+    error = triton_backend.load_error()
+    if error is not None:
+        return None, error
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu", "the Triton CPU interpreter"
+    if torch.cuda.is_available():
+        return "cuda", "a CUDA device"
+    return None, "no CUDA device, and TRITON_INTERPRET=1 is not set for the CPU interpreter"
+
+
+@pytest.fixture
+def triton_device():
+    """The torch.device for a Triton test's tensors; skips the test (with the reason) where Triton cannot run."""
+    device, why = _triton_test_device()
+    if device is None:
+        pytest.skip(f"Triton backend unavailable: {why}")
+    return torch.device(device)
 
 
 @pytest.fixture(autouse=True)

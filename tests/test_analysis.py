@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from fixtures.optional import need
 
 import meranet_fast.analysis.flops as flops
 from meranet_fast.analysis import (
@@ -22,6 +23,8 @@ from meranet_fast.cli import main as cli_main
 from meranet_fast.models import resnet3d
 from meranet_fast.nn import ChannelAttention3d, SpatioTemporalAttention3d
 from meranet_fast.ops.reference import st_attention_reference
+
+need("fvcore")
 
 # Test-only stand-in for a fused op with the schema of meranet::st_attention_fwd, in its own namespace.
 TEST_OP = "meranet_analysis_test::st_attention_fwd"

@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 import torch
+from fixtures.optional import need
 
 from meranet_fast import _extension
 
@@ -163,6 +164,7 @@ def test_run_op_benchmark_eager_only():
 
 
 def test_cli_bench_writes_json_and_png(tmp_path, capsys):
+    need("matplotlib")
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
     rc = cli_main(["bench", "--op", "st_attention", "--shapes", "1x4x3x6x6", "--backends", "eager,cuda,triton",
                    "--pass", "forward,backward,full", "--reps", "2", "--warmup", "0",
@@ -362,6 +364,7 @@ def test_model_benchmark_tiny_clip(tmp_path):
     assert prof["tail"]["calls"] == 8 and prof["tail"]["forward_ms"] >= prof["sta"]["forward_ms"]
     assert len(prof["runs_attention_ms"]) == 2 and prof["total"]["attention_ms"] == min(prof["runs_attention_ms"])
     assert "attention time" in report.format_model_table(res)
+    need("matplotlib")  # the chart, after every other check has run
     assert report.plot_model_times(res, tmp_path / "m.png").stat().st_size > 0
 
 
@@ -393,3 +396,13 @@ def test_fused_model_profile_sees_the_fused_tail_without_changing_the_path():
     # the whole-tail scopes hold the fused ops (plus the views of the CA weights they are given)
     assert res["tail"]["calls"] == 8 and res["tail"]["forward_ms"] >= res["fused"]["forward_ms"]
     assert res["tail"]["backward_ms"] >= res["fused"]["backward_ms"]
+
+
+def test_op_benchmark_reports_its_results_after_every_shape():
+    """What `--json` rewrites after every shape, so a run cut off by a time limit keeps what it measured."""
+    seen = []
+    res = run_op_benchmark(get_spec("st_attention"), shapes=[(1, 4, 3, 6, 6), (1, 2, 2, 4, 4)], backends=("eager",),
+                           passes=("forward",), reps=1, warmup=0, log=lambda s: None,
+                           on_progress=lambda r: seen.append(sorted({m["shape"] for m in r["measurements"]})))
+    assert seen == [["1x4x3x6x6"], ["1x2x2x4x4", "1x4x3x6x6"]]
+    assert sorted({m["shape"] for m in res["measurements"]}) == seen[-1]

@@ -7,23 +7,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures.devices import on_device
 
 from meranet_fast import _extension
 from meranet_fast.ops import channel_attention, channel_attention_with_map
 from meranet_fast.ops.channel_attention import resolve_backend
 from meranet_fast.ops.reference import channel_attention_reference
+from meranet_fast.ops.st_attention import backend_status
 
 needs_cpp = pytest.mark.skipif(not _extension.is_loaded(), reason=f"meranet_fast._C not built: {_extension.LOAD_ERROR}")
 
 
-def _triton_reason():
-    from meranet_fast.ops import triton as triton_backend
-
-    return triton_backend.is_available()
-
-
-_TRITON_OK, _TRITON_WHY = _triton_reason()
-needs_triton = pytest.mark.skipif(not _TRITON_OK, reason=f"Triton backend unavailable: {_TRITON_WHY}")
 
 LAYOUTS = ("contiguous", "channels_last_3d", "sliced")
 
@@ -74,8 +68,8 @@ def run(fn, y, weights, grad_out, grad_a=None, **kwargs):
 
 
 def assert_matches_reference(y, weights, atol, rtol, backend="cpp", with_grad_a=False):
-    grad_out = torch.randn(y.shape, dtype=y.dtype)
-    grad_a = torch.randn(y.shape[:2], dtype=y.dtype) if with_grad_a else None
+    grad_out = torch.randn(y.shape, dtype=y.dtype).to(y.device)
+    grad_a = torch.randn(y.shape[:2], dtype=y.dtype).to(y.device) if with_grad_a else None
     out, a, grads = run(channel_attention_with_map, y, weights, grad_out, grad_a, backend=backend)
     rout, ra, rgrads = run(channel_attention_reference, y, weights, grad_out, grad_a)
     torch.testing.assert_close(out, rout, atol=atol, rtol=rtol)
@@ -314,7 +308,8 @@ def test_composed_operators_need_the_extension(op, monkeypatch):
     monkeypatch.setattr(_extension, "_C", None)
     monkeypatch.setattr(_extension, "LOAD_ERROR", "ImportError: test")
     torch.testing.assert_close(fn(*args, backend="auto"), ref(*args))
-    for backend in ("cpp", "triton") if _TRITON_OK else ("cpp",):  # triton: with a GPU or the interpreter
+    # triton: where it runs CPU tensors (the interpreter)
+    for backend in ("cpp", "triton") if backend_status("triton", torch.device("cpu"))[0] else ("cpp",):
         with pytest.raises(RuntimeError, match=f"{op}: backend '{backend}' is not available: .*meranet_fast._C"):
             fn(*args, backend=backend)
 
@@ -365,23 +360,22 @@ def test_kernel_ops_check_their_arguments():
         torch.ops.meranet.ca_pool(torch.randn(4, 2, 2, 2))
 
 
+# Triton: CPU tensors under the interpreter, CUDA tensors on a GPU (the triton_device fixture).
 @pytest.mark.triton
-@needs_triton
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape,reduction", [((2, 20, 3, 5, 7), 4), ((1, 16, 1, 3, 4), 16), ((2, 18, 2, 3, 5), 16)])
-def test_triton_matches_reference(shape, reduction, layout):
-    y = make_input(shape, torch.float32, layout)
-    assert_matches_reference(y, make_weights(shape[1], reduction), atol=1e-5, rtol=1e-4, backend="triton",
-                             with_grad_a=True)
+def test_triton_matches_reference(shape, reduction, layout, triton_device):
+    y = on_device(make_input(shape, torch.float32, layout), triton_device)
+    weights = [on_device(w, triton_device) for w in make_weights(shape[1], reduction)]
+    assert_matches_reference(y, weights, atol=1e-5, rtol=1e-4, backend="triton", with_grad_a=True)
 
 
 @pytest.mark.triton
-@needs_triton
-def test_triton_bf16_within_twice_eager_error():
+def test_triton_bf16_within_twice_eager_error(triton_device):
     shape = (1, 32, 2, 4, 5)
-    y = distinct_input(shape, torch.bfloat16)
-    weights = make_weights(32, 16, torch.bfloat16)
-    grad_out = torch.randn(shape, dtype=torch.bfloat16)
+    y = distinct_input(shape, torch.bfloat16).to(triton_device)
+    weights = [w.to(triton_device) for w in make_weights(32, 16, torch.bfloat16)]
+    grad_out = torch.randn(shape, dtype=torch.bfloat16).to(triton_device)
     fused = run(channel_attention_with_map, y, weights, grad_out, backend="triton")
     eager = run(channel_attention_reference, y, weights, grad_out)
     exact = run(channel_attention_reference, y.double(), [w.double() for w in weights], grad_out.double())

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 from fixtures import releases as fx
+from fixtures.optional import need
 
 from meranet_fast.data import (
     AnnotationError,
@@ -247,6 +248,7 @@ def test_synthetic_motion_is_local_and_class_specific():
 
 
 def test_synthetic_roundtrip_through_casme2_loader(tmp_path):
+    need("openpyxl")
     index = make_synthetic(num_subjects=2, per_class=1, num_frames=8)
     write_casme2_style(index, str(tmp_path), (32, 32))
     back = _by_name(load_casme2(str(tmp_path)))

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from fixtures.optional import need
 from PIL import Image
 
 from meranet_fast.cli import main
@@ -17,6 +18,7 @@ from meranet_fast.train.trainer import run_training
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One epoch of MERANet-10 on 4×64×64 synthetic clips (64 pixels: layer4 keeps a 2×2 map for Grad-CAM)."""
+    need("openpyxl")  # the frame folder is written as a CASME II-style release
     root = tmp_path_factory.mktemp("explain")
     cfg = make_config("paper", dataset="synthetic", synth_subjects=3, synth_per_class=2, synth_frames=6, clip_len=4,
                       size=64, model="meranet10", impl="eager", epochs=1, batch_size=4, workers=0, cache_dir="",
@@ -61,6 +63,7 @@ def test_predict_video_without_opencv_says_what_to_install(trained, tmp_path, ca
 
 
 def test_saliency_writes_pngs_and_maps(trained, tmp_path):
+    need("matplotlib")
     out = tmp_path / "sal"
     assert main(["saliency", trained["folder"], "--checkpoint", trained["ckpt"], "--out", str(out),
                  "--apex", str(trained["apex_number"]), "--target", "surprise"]) == 0

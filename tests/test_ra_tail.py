@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures.devices import on_device
 
 from meranet_fast import _extension
 from meranet_fast.ops import ra_tail
 from meranet_fast.ops.reference import ra_tail_reference
 
 needs_cpp = pytest.mark.skipif(not _extension.is_loaded(), reason=f"meranet_fast._C not built: {_extension.LOAD_ERROR}")
-
-
-def _triton_status():
-    from meranet_fast.ops import triton as triton_backend
-
-    return triton_backend.is_available()
-
-
-_TRITON_OK, _TRITON_WHY = _triton_status()
-needs_triton = pytest.mark.skipif(not _TRITON_OK, reason=f"Triton backend unavailable: {_TRITON_WHY}")
 
 NAMES = ("y", "shortcut", "w_reduce", "b_reduce", "w_expand", "b_expand", "st_weight", "st_bias")
 
@@ -66,7 +57,7 @@ def run(fn, args, grad_out, **kwargs):
 
 
 def assert_matches_reference(args, atol, rtol, backend="cpp"):
-    grad_out = torch.randn(args[0].shape, dtype=args[0].dtype)
+    grad_out = torch.randn(args[0].shape, dtype=args[0].dtype).to(args[0].device)
     out, grads = run(ra_tail, args, grad_out, backend=backend)
     rout, rgrads = run(ra_tail_reference, args, grad_out)
     torch.testing.assert_close(out, rout, atol=atol, rtol=rtol)
@@ -315,22 +306,21 @@ def test_kernel_ops_check_their_arguments():
         torch.ops.meranet.ra_pool(y, torch.rand(1, 4, dtype=torch.float64))
 
 
+# Triton: CPU tensors under the interpreter, CUDA tensors on a GPU (the triton_device fixture).
 @pytest.mark.triton
-@needs_triton
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d", "sliced"])
 @pytest.mark.parametrize("shape,reduction,k", [((2, 20, 3, 5, 7), 4, 5), ((1, 16, 1, 3, 4), 16, 3),
                                                ((1, 18, 2, 3, 2), 16, 7)])
-def test_triton_matches_reference(shape, reduction, k, layout):
-    args = make_args(shape, reduction, k, layout=layout)
+def test_triton_matches_reference(shape, reduction, k, layout, triton_device):
+    args = [on_device(a, triton_device) for a in make_args(shape, reduction, k, layout=layout)]
     assert_matches_reference(args, atol=2e-5, rtol=1e-4, backend="triton")
 
 
 @pytest.mark.triton
-@needs_triton
-def test_triton_bf16_within_twice_eager_error():
+def test_triton_bf16_within_twice_eager_error(triton_device):
     shape = (1, 32, 2, 3, 4)
-    args = distinct_args(shape, torch.bfloat16, "contiguous")
-    grad_out = torch.randn(shape, dtype=torch.bfloat16)
+    args = [on_device(a, triton_device) for a in distinct_args(shape, torch.bfloat16, "contiguous")]
+    grad_out = torch.randn(shape, dtype=torch.bfloat16).to(triton_device)
     out, grads = run(ra_tail, args, grad_out, backend="triton")
     eout, egrads = run(ra_tail_reference, args, grad_out)
     xout, xgrads = run(ra_tail_reference, [a.double() if a is not None else None for a in args], grad_out.double())

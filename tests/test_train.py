@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from fixtures.optional import need
 
 from meranet_fast.cli import COMMANDS, build_parser
 from meranet_fast.train.checkpoint import load_checkpoint, save_checkpoint
@@ -88,6 +89,7 @@ def _history(out):
 
 
 def test_resume_is_exact_and_outputs_written(tmp_path):
+    need("matplotlib")  # curves.png, confusion_matrix.png
     full = run_training(tiny(tmp_path / "full"))
     for name in ("last.pt", "best.pt", "metrics.csv", "curves.png", "confusion_matrix.png", "result.json",
                  "results.json", "config.json"):
@@ -170,6 +172,7 @@ def test_bf16_stops_when_most_steps_have_non_finite_gradients(tmp_path, native_c
 
 
 def test_loso_pools_folds(tmp_path):
+    need("matplotlib")  # the pooled confusion_matrix.png
     cfg = tiny(tmp_path, protocol="loso", synth_subjects=2, epochs=1, model="resnet3d10")
     summary = run_training(cfg)
     assert sorted(summary["folds"]) == ["loso-sub01", "loso-sub02"]
@@ -215,6 +218,7 @@ def test_cli_help(command, capsys):
 
 
 def test_cli_train_eval_synth_roundtrip(tmp_path):
+    need("openpyxl")  # synth writes a CASME II-style spreadsheet
     from meranet_fast.cli import main
 
     assert main(["synth", "--out", str(tmp_path / "rel"), "--subjects", "2", "--per-class", "2", "--frames", "6",

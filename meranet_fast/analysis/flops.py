@@ -33,12 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-with warnings.catch_warnings():
-    # fvcore 0.1.5 scripts its losses with torch.jit.script at import, which torch now deprecates.
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
-    from fvcore.nn import FlopCountAnalysis
-    from fvcore.nn.jit_handles import conv_flop_count, get_shape
-
+from meranet_fast._optional import require
 from meranet_fast.models import resnet3d
 
 __all__ = [
@@ -144,6 +139,29 @@ def ra_tail_flops(y_shape: Sequence[int], hidden: int, st_weight_shape: Sequence
             + Counter({"add": elementwise_flops(y_shape), "relu": elementwise_flops(y_shape)}))
 
 
+# --- fvcore (optional: imported on first use) --------------------------------------------------------
+
+def _fvcore_nn():
+    """``fvcore.nn``, or an ImportError that says how to install it."""
+    with warnings.catch_warnings():
+        # fvcore 0.1.5 scripts its losses with torch.jit.script at import, which torch now deprecates.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+        require("fvcore")
+        import fvcore.nn
+        import fvcore.nn.jit_handles
+    return fvcore.nn
+
+
+def conv_flop_count(x_shape: list, w_shape: list, out_shape: list) -> int:
+    """fvcore's multiply-add count of a convolution."""
+    return _fvcore_nn().jit_handles.conv_flop_count(x_shape, w_shape, out_shape)
+
+
+def get_shape(value) -> list | None:
+    """fvcore's shape of a traced value (None for a non-tensor)."""
+    return _fvcore_nn().jit_handles.get_shape(value)
+
+
 # --- fvcore handles --------------------------------------------------------------------------------
 
 def _elementwise_handle(inputs: list, outputs: list) -> int:
@@ -219,12 +237,12 @@ def register_flop_handle(op_name: str, handle: Handle | None) -> None:
     FLOP_HANDLES[op_name] = handle
 
 
-def flop_count_analysis(model: nn.Module, inputs: torch.Tensor | tuple) -> FlopCountAnalysis:
+def flop_count_analysis(model: nn.Module, inputs: torch.Tensor | tuple):
     """fvcore ``FlopCountAnalysis`` of ``model`` with :data:`FLOP_HANDLES` set and warnings off.
 
     Skipped operators are read from ``.unsupported_ops()`` instead of being logged.
     """
-    analysis = FlopCountAnalysis(model, inputs).set_op_handle(**FLOP_HANDLES)
+    analysis = _fvcore_nn().FlopCountAnalysis(model, inputs).set_op_handle(**FLOP_HANDLES)
     analysis.unsupported_ops_warnings(False)
     # Attention modules use their submodules' weights without calling them; fvcore would warn.
     analysis.uncalled_modules_warnings(False)

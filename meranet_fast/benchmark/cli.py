@@ -107,6 +107,11 @@ def main(args: argparse.Namespace) -> int:
     if args.reps is not None and args.reps < 1:
         raise SystemExit("bench: --reps must be >= 1")
 
+    def save_partial(results: dict) -> None:
+        """--json is rewritten after every shape (op) or batch and mode (model): a cut-off run keeps them."""
+        if args.json:
+            report.write_json(results, args.json)
+
     if args.model:
         from meranet_fast.benchmark.model_bench import MODEL_VARIANTS, run_model_benchmark
 
@@ -122,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
             variants=variants, batches=args.batch, clip=args.input,
             dtypes=[getattr(torch, d) for d in dtypes], device=args.device, modes=args.modes,
             reps=args.reps or 3, warmup=1 if args.warmup is None else args.warmup,
-            profile=not args.no_profile, profile_reps=max(1, args.profile_reps))
+            profile=not args.no_profile, profile_reps=max(1, args.profile_reps), on_progress=save_partial)
         print(report.format_model_table(results))
         plot = report.plot_model_times
     else:
@@ -145,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
         results = run_op_benchmark(
             REGISTRY[name], shapes=args.shapes, dtype=getattr(torch, (args.dtype or ["float32"])[0]),
             device=args.device, backends=args.backends, passes=args.passes,
-            reps=args.reps or 20, warmup=3 if args.warmup is None else args.warmup)
+            reps=args.reps or 20, warmup=3 if args.warmup is None else args.warmup, on_progress=save_partial)
         print(report.format_op_table(results))
         plot = report.plot_op_speedups
     if args.json:

@@ -255,7 +255,10 @@ def run_model_benchmark(
     profile_reps: int = 3,
     timer: harness.Timer | None = None,
     log: Callable[[str], None] = _log,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> dict:
+    """Run the model benchmark and return the results; ``on_progress(results so far)`` after every
+    (batch, mode), so that a run cut off keeps what it measured."""
     device = torch.device(device)
     timer = timer or harness.timer_for(device)
     machine = harness.machine_info(device)
@@ -339,8 +342,17 @@ def run_model_benchmark(
                         p["runs_attention_ms"] = [r["total"]["attention_ms"] for r in rs]
                         p["runs_profiled_call_ms"] = [r["profiled_call_ms"] for r in rs]
                         profiles.append({"model": v, "mode": mode, "batch": batch, "dtype": dt, **p})
+                if on_progress is not None:
+                    on_progress(_results(machine, variants, batches, clip, dtypes, device, modes, reps, warmup,
+                                         profile_reps, skipped, started, measurements, profiles))
             del x, y
     machine["loadavg_end_1_5_15"] = harness._loadavg()
+    return _results(machine, variants, batches, clip, dtypes, device, modes, reps, warmup, profile_reps, skipped,
+                    started, measurements, profiles)
+
+
+def _results(machine, variants, batches, clip, dtypes, device, modes, reps, warmup, profile_reps, skipped, started,
+             measurements, profiles) -> dict:
     return {
         "kind": "model",
         "machine": machine,

@@ -109,8 +109,12 @@ def run_op_benchmark(
     warmup: int = 3,
     timer: harness.Timer | None = None,
     log: Callable[[str], None] = _log,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run the benchmark and return the results dictionary (what ``--json`` writes)."""
+    """Run the benchmark and return the results dictionary (what ``--json`` writes).
+
+    ``on_progress(results so far)`` is called after every shape (the CLI writes its JSON there, so a run
+    that is cut off keeps what it measured)."""
     device = torch.device(device)
     shapes = list(shapes or spec.default_shapes)
     for p in passes:
@@ -192,8 +196,17 @@ def run_op_benchmark(
                             row[f"speedup_vs_{base}"] = row[f"paired_speedup_vs_{base}"] = None
                 measurements.append(row)
         del inputs, expected, grad_out, impls
+        if on_progress is not None:
+            on_progress(_results(spec, machine, shapes, dtype, device, backends, passes, reps, warmup, skipped,
+                                 started, measurements))
 
     machine["loadavg_end_1_5_15"] = harness._loadavg()
+    return _results(spec, machine, shapes, dtype, device, backends, passes, reps, warmup, skipped, started,
+                    measurements)
+
+
+def _results(spec, machine, shapes, dtype, device, backends, passes, reps, warmup, skipped, started,
+             measurements) -> dict:
     return {
         "kind": "op",
         "op": spec.name,

@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+from meranet_fast._optional import pyplot
+
 __all__ = ["format_op_table", "write_json", "plot_op_speedups"]
 
 
@@ -59,10 +61,7 @@ def write_json(results: dict, path: str | Path) -> Path:
 
 def plot_op_speedups(results: dict, path: str | Path) -> Path:
     """Grouped bars: speedup over eager of each implementation, per (shape, pass); log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in results["measurements"] if r["impl"] not in ("eager", "copy")]
     groups = list(dict.fromkeys((r["shape"], r["pass"]) for r in results["measurements"]))
@@ -172,10 +171,7 @@ def cpu_target_checks(results: dict) -> list[str]:
 
 def plot_model_times(results: dict, path: str | Path) -> Path:
     """Bars of the median time of each model variant, one panel per mode, grouped by batch (and dtype)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = results["measurements"]
     modes = list(dict.fromkeys(r["mode"] for r in rows))

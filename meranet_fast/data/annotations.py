@@ -7,6 +7,7 @@ import re
 import zipfile
 from typing import Any
 
+from meranet_fast._optional import require
 from meranet_fast.data.samples import AnnotationError
 
 __all__ = ["find_spreadsheet", "read_sheet_rows", "read_table", "sheet_names"]
@@ -40,8 +41,7 @@ def find_spreadsheet(root: str, pattern: str, explicit: str | None = None) -> st
 
 
 def _open(path: str):
-    import openpyxl
-
+    openpyxl = require("openpyxl")
     if path.lower().endswith(".xls"):
         raise AnnotationError(f"{path}: legacy .xls spreadsheets are not supported; convert it to .xlsx "
                               "(e.g. `soffice --headless --convert-to xlsx FILE`)")

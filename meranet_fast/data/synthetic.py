@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from meranet_fast._optional import require
 from meranet_fast.data.samples import Sample, SampleIndex
 
 __all__ = ["SYNTH_CLASSES", "SyntheticFace", "SyntheticClip", "make_synthetic", "render_frames",
@@ -238,10 +239,9 @@ def write_casme2_style(index: SampleIndex, out: str, size: tuple[int, int] = (11
     ``out/CASME2-coding-synthetic.xlsx`` with the CASME II columns (Subject, Filename, OnsetFrame,
     ApexFrame, OffsetFrame, Estimated Emotion).
     """
-    import openpyxl
     from PIL import Image
 
-    wb = openpyxl.Workbook()
+    wb = require("openpyxl").Workbook()
     ws = wb.active
     ws.append(["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Estimated Emotion"])
     for s in index.samples:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from meranet_fast._optional import pyplot, require
 from meranet_fast.data.dataset import clip_to_tensor
 from meranet_fast.nn import SpatioTemporalAttention3d
 
@@ -96,7 +97,7 @@ def attention_maps(model: nn.Module, clip: np.ndarray) -> list[tuple[str, np.nda
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """``image`` (uint8 ``[h, w, 3]``) blended with ``heat`` (any size, resized; min-max stretched) in jet."""
-    from matplotlib import colormaps
+    colormaps = require("matplotlib").colormaps
     from PIL import Image
 
     h, w = image.shape[:2]
@@ -109,10 +110,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndar
 
 def save_overlays(path: str, apex_frame: np.ndarray, panels: list[tuple[str, np.ndarray]], title: str = "") -> str:
     """A PNG figure: the apex frame, then each ``(caption, heat map at the apex)`` overlaid on it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(panels) + 1
     cols = min(n, 5)

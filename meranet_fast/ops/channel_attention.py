@@ -40,7 +40,6 @@ own dtype.
 """
 from __future__ import annotations
 
-import functools
 import torch
 
 from meranet_fast import _extension
@@ -100,16 +99,10 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     return backend
 
 
-@functools.lru_cache(maxsize=None)
-def _register_triton_kernels() -> None:
-    import meranet_fast.ops.triton.channel_attention  # noqa: F401  (registers the ops)
-    import meranet_fast.ops.triton.ra_tail  # noqa: F401
-
-
 def composed_backend(backend: str, device: torch.device, op: str) -> str:
     """:func:`resolve_backend` for the operators composed in C++ (``channel_attention``, ``ra_tail``):
     every backend but ``"eager"`` needs ``meranet_fast._C``, which holds the composition and its
-    autograd; for ``"triton"`` the Triton kernel-level ops are registered here."""
+    autograd; for ``"triton"`` the Triton kernel-level ops were registered by ``backend_status``."""
     resolved = resolve_backend(backend, device, op)
     if resolved == "eager":
         return resolved
@@ -119,8 +112,6 @@ def composed_backend(backend: str, device: torch.device, op: str) -> str:
         raise RuntimeError(f"{op}: backend {backend!r} is not available: the operator is composed in "
                            f"meranet_fast._C, which is not available ({_extension.LOAD_ERROR}); "
                            f"{_extension.BUILD_HINT}")
-    if resolved == "triton":
-        _register_triton_kernels()
     return resolved
 
 

@@ -127,19 +127,11 @@ if _CPP_LOADED:
 
     register_st_attention_autograd(_FWD_OP, torch.ops.meranet.st_attention_bwd)
 
-# Triton pair: registered here when its module imports (it never raises; without triton the ops
-# simply do not exist and _TRITON_STATUS says why).
-try:
-    from meranet_fast.ops import triton as _triton_pkg
+# Triton pair: registered when the package imports (that never raises; when the kernels cannot
+# register, the ops do not exist and backend_status("triton", ...) says why).
+from meranet_fast.ops import triton as _triton_pkg  # noqa: E402
 
-    _TRITON_IMPORTED = _triton_pkg._IMPORT_ERROR is None
-    _TRITON_IMPORT_ERROR = None if _TRITON_IMPORTED else str(_triton_pkg._IMPORT_ERROR)
-except Exception as exc:  # noqa: BLE001  (a broken triton install must not break the package)
-    _triton_pkg = None
-    _TRITON_IMPORTED = False
-    _TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
-
-if _TRITON_IMPORTED:
+if _triton_pkg.st_attention_error() is None:
     register_st_attention_autograd("meranet::st_attention_fwd_triton",
                                    torch.ops.meranet.st_attention_bwd_triton)
 
@@ -148,8 +140,9 @@ if _TRITON_IMPORTED:
 # Backend choice
 # --------------------------------------------------------------------------------------------------
 def _triton_status(device: torch.device) -> tuple[bool, str]:
-    if not _TRITON_IMPORTED:
-        return False, f"the Triton kernels cannot be imported ({_TRITON_IMPORT_ERROR})"
+    error = _triton_pkg.load_error()  # registers every Triton kernel module once
+    if error is not None:
+        return False, f"the Triton kernels are unavailable: {error}"
     if device.type == "cuda":
         if torch.cuda.is_available():
             return True, "triton on a CUDA device"

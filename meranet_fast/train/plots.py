@@ -3,21 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_curves", "plot_confusion"]
+from meranet_fast._optional import pyplot
 
+__all__ = ["NO_PLOTS", "plot_curves", "plot_confusion"]
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+#: What a run without matplotlib says instead of writing its PNGs.
+NO_PLOTS = "matplotlib is not installed: no PNG plots (metrics.csv and result.json hold the numbers)"
 
 
 def plot_curves(history: list[dict], path: str, title: str = "") -> str:
     """Loss (train/val) and accuracy (train/val, val UF1) per epoch, from the run's history rows."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
@@ -43,7 +39,7 @@ def plot_curves(history: list[dict], path: str, title: str = "") -> str:
 
 def plot_confusion(cm: np.ndarray, classes: tuple[str, ...], path: str, title: str = "") -> str:
     """Confusion matrix with counts and row-normalised shading (rows: true class, columns: predicted)."""
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(cm)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from meranet_fast._optional import available
 from meranet_fast.data.dataset import ClipDataset
 from meranet_fast.data.registry import DATASETS, load_dataset
 from meranet_fast.data.samples import Sample
@@ -49,7 +50,7 @@ from meranet_fast.train.config import TrainConfig
 from meranet_fast.train.distributed import DistContext, init_distributed
 from meranet_fast.train.metrics import classification_metrics, confusion_matrix
 from meranet_fast.train.models import build_model, resolve_impl
-from meranet_fast.train.plots import plot_confusion, plot_curves
+from meranet_fast.train.plots import NO_PLOTS, plot_confusion, plot_curves
 from meranet_fast.train.schedule import make_scheduler, untuned_warmup_steps
 
 __all__ = ["Trainer", "TrainingDiverged", "FoldResult", "run_training", "prepare_data", "make_split_datasets",
@@ -376,9 +377,12 @@ class Trainer:
         if dist.is_main:
             with open(self.path("result.json"), "w") as f:
                 json.dump({**result.__dict__, "classes": list(self.classes), "select_metric": cfg.select_metric}, f)
-            plot_curves(history, self.path("curves.png"), f"{cfg.model} on {cfg.dataset}")
-            plot_confusion(test["cm"], self.classes, self.path("confusion_matrix.png"),
-                           f"test (best epoch {best['epoch']})")
+            if available("matplotlib"):
+                plot_curves(history, self.path("curves.png"), f"{cfg.model} on {cfg.dataset}")
+                plot_confusion(test["cm"], self.classes, self.path("confusion_matrix.png"),
+                               f"test (best epoch {best['epoch']})")
+            else:
+                self.log(f"note: {NO_PLOTS}")
         return result
 
 
@@ -423,7 +427,7 @@ def run_training(cfg: TrainConfig, model_factory: Callable[[int], nn.Module] | N
             os.makedirs(cfg.out, exist_ok=True)
             with open(os.path.join(cfg.out, "results.json"), "w") as f:
                 json.dump(summary, f, indent=2)
-            if cfg.protocol == "loso":
+            if cfg.protocol == "loso" and available("matplotlib"):
                 plot_confusion(cm, classes, os.path.join(cfg.out, "confusion_matrix.png"), "LOSO, pooled over folds")
         return summary
     finally:

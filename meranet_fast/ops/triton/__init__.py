@@ -1,32 +1,67 @@
 """Triton kernels of the fused operators, registered as ``torch.ops.meranet.*_triton``.
 
-Importing this package never fails: without triton the ops are simply not registered, and
-``is_available()`` says why.
+Importing this package never fails. The spatio-temporal attention kernels register here; the
+channel-attention and ra_tail kernels (whose modules import the op layer) on the first
+:func:`load_error` / :func:`is_available` call. When any of them cannot be imported or registered
+(triton missing, or a torch that rejects the registration), the Triton backend is unavailable as a whole
+and ``is_available()`` / ``st_attention.backend_status("triton", ...)`` give the reason; a failure other
+than a missing triton is also reported once as a warning.
 """
 from __future__ import annotations
 
+import importlib
 import os
+import warnings
 
 import torch
 
-try:
-    from meranet_fast.ops.triton.st_attention import (  # noqa: F401  (registers the ops)
-        check_st_attention_inputs,
-        st_attention_bwd_triton,
-        st_attention_fwd_triton,
-    )
+#: The kernel modules, in registration order.
+KERNEL_MODULES = ("st_attention", "channel_attention", "ra_tail")
 
-    _IMPORT_ERROR: ImportError | None = None
-except ImportError as exc:  # triton is not installed
-    _IMPORT_ERROR = exc
+_ERROR: str | None = None  # why the Triton backend cannot be used; None while every module registered
+_LOADED: set[str] = set()
+
+
+def _load(module: str) -> None:
+    """Import one kernel module (which registers its ops), recording the first failure."""
+    global _ERROR
+    if _ERROR is not None or module in _LOADED:
+        return
+    try:
+        importlib.import_module(f"{__name__}.{module}")
+    except Exception as exc:  # noqa: BLE001  (the package must import whatever goes wrong here)
+        _ERROR = f"meranet_fast.ops.triton.{module} failed to register: {type(exc).__name__}: {exc}"
+        missing = isinstance(exc, ImportError) and getattr(exc, "name", None) in ("triton", "triton.language")
+        if missing:
+            _ERROR = f"triton cannot be imported ({exc})"
+        else:
+            warnings.warn(f"the Triton backend is unavailable: {_ERROR}", RuntimeWarning, stacklevel=2)
+    else:
+        _LOADED.add(module)
+
+
+def st_attention_error() -> str | None:
+    """Why the spatio-temporal attention kernels could not register (None when they did)."""
+    return _ERROR if "st_attention" not in _LOADED else None
+
+
+def load_error() -> str | None:
+    """Register every Triton kernel module (once); None when all registered, else why the backend is unavailable."""
+    for module in KERNEL_MODULES:
+        _load(module)
+    return _ERROR
 
 
 def is_available() -> tuple[bool, str]:
     """(whether the Triton ops can run here, why): a CUDA device with triton, or the CPU interpreter."""
-    if _IMPORT_ERROR is not None:
-        return False, f"triton cannot be imported: {_IMPORT_ERROR}"
+    error = load_error()
+    if error is not None:
+        return False, error
     if torch.cuda.is_available():
         return True, "triton with a CUDA device"
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True, "triton CPU interpreter (TRITON_INTERPRET=1)"
     return False, "no CUDA device, and TRITON_INTERPRET=1 is not set for the CPU interpreter"
+
+
+_load("st_attention")

@@ -19,10 +19,12 @@ float32 maps and accumulation.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from meranet_fast.ops.channel_attention import (
     dense_format,
@@ -31,6 +33,7 @@ from meranet_fast.ops.channel_attention import (
     fake_ca_scale,
     fake_ca_scale_grad,
 )
+from meranet_fast.ops.triton._register import triton_op
 from meranet_fast.ops.triton.st_attention import _merge_first_max, _program_positions, autotune_enabled
 
 __all__ = ["check_activation", "dense", "launch", "tunable", "channel_strides"]
@@ -228,9 +231,8 @@ def _geometry(y):
 # --------------------------------------------------------------------------------------------
 # Operators
 # --------------------------------------------------------------------------------------------
-@triton_op("meranet::ca_pool_triton", mutates_args=(),
-           schema="(Tensor y) -> (Tensor avg, Tensor max, Tensor argmax)")
-def ca_pool_triton(y):
+@triton_op("meranet::ca_pool_triton", "(Tensor y) -> (Tensor avg, Tensor max, Tensor argmax)")
+def ca_pool_triton(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     check_activation("ca_pool_triton", "y", y)
     y = dense(y, dense_format(y))
     avg, mx, idx = fake_ca_pool(y)
@@ -248,8 +250,8 @@ def _(y):
     return fake_ca_pool(y)
 
 
-@triton_op("meranet::ca_scale_triton", mutates_args=(), schema="(Tensor y, Tensor scale) -> Tensor")
-def ca_scale_triton(y, scale):
+@triton_op("meranet::ca_scale_triton", "(Tensor y, Tensor scale) -> Tensor")
+def ca_scale_triton(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     op = "ca_scale_triton"
     check_activation(op, "y", y)
     check_small(op, "scale", scale, y.shape[:2], torch.float32, y)
@@ -268,9 +270,10 @@ def _(y, scale):
     return fake_ca_scale(y, scale)
 
 
-@triton_op("meranet::ca_scale_grad_triton", mutates_args=(),
-           schema="(Tensor grad, Tensor y, Tensor? attn, Tensor? grad_pooled, Tensor? sta_argmax) -> Tensor")
-def ca_scale_grad_triton(grad, y, attn, grad_pooled, sta_argmax):
+@triton_op("meranet::ca_scale_grad_triton",
+           "(Tensor grad, Tensor y, Tensor? attn, Tensor? grad_pooled, Tensor? sta_argmax) -> Tensor")
+def ca_scale_grad_triton(grad: torch.Tensor, y: torch.Tensor, attn: Optional[torch.Tensor],
+                         grad_pooled: Optional[torch.Tensor], sta_argmax: Optional[torch.Tensor]) -> torch.Tensor:
     op = "ca_scale_grad_triton"
     check_activation(op, "y", y)
     check_same(op, "grad", grad, y)
@@ -293,10 +296,12 @@ def _(grad, y, attn, grad_pooled, sta_argmax):
     return fake_ca_scale_grad(grad, y, attn, grad_pooled, sta_argmax)
 
 
-@triton_op("meranet::ca_input_grad_triton", mutates_args=(),
-           schema="(Tensor grad, Tensor scale, Tensor grad_avg, Tensor grad_max, Tensor argmax, "
-                  "Tensor? attn, Tensor? grad_pooled, Tensor? sta_argmax) -> Tensor")
-def ca_input_grad_triton(grad, scale, grad_avg, grad_max, argmax, attn, grad_pooled, sta_argmax):
+@triton_op("meranet::ca_input_grad_triton",
+           "(Tensor grad, Tensor scale, Tensor grad_avg, Tensor grad_max, Tensor argmax, "
+           "Tensor? attn, Tensor? grad_pooled, Tensor? sta_argmax) -> Tensor")
+def ca_input_grad_triton(grad: torch.Tensor, scale: torch.Tensor, grad_avg: torch.Tensor, grad_max: torch.Tensor,
+                         argmax: torch.Tensor, attn: Optional[torch.Tensor], grad_pooled: Optional[torch.Tensor],
+                         sta_argmax: Optional[torch.Tensor]) -> torch.Tensor:
     op = "ca_input_grad_triton"
     check_activation(op, "grad", grad)
     grad = dense(grad, dense_format(grad))

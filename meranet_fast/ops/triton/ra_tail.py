@@ -17,10 +17,12 @@ activations are made dense like in triton/channel_attention.py.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from meranet_fast.ops.channel_attention import dense_format
 from meranet_fast.ops.ra_tail import ST_KERNEL_SIZES, fake_ra_attend, fake_ra_attend_bwd, fake_ra_pool
@@ -36,6 +38,7 @@ from meranet_fast.ops.triton.channel_attention import (
     position_grid,
     tunable,
 )
+from meranet_fast.ops.triton._register import triton_op
 from meranet_fast.ops.triton.st_attention import (
     _merge_first_max,
     _pooled_map_grads,
@@ -145,6 +148,10 @@ def _ra_pooled_grad_kernel(glogit_ptr, pooled_ptr, w_ptr, gpooled_ptr, gw_part_p
 _POOL = tunable(_ra_pool_kernel, STREAM_CONFIGS, KEY)
 _ATTEND = tunable(_ra_attend_kernel, STREAM_CONFIGS, KEY + ["K"])
 _LOGIT_GRAD = tunable(_ra_logit_grad_kernel, STREAM_CONFIGS, KEY)
+# Fixed BLOCK_S (an argument) and launch options: a one-config autotuner never benchmarks. It is launched
+# through an autotuner like every other kernel because torch 2.11's wrap_triton rejects a bare kernel
+# under the interpreter (TRITON_INTERPRET=1).
+_POOLED_GRAD = triton.autotune(configs=[triton.Config({}, num_warps=4)], key=[])(_ra_pooled_grad_kernel)
 
 
 def _geometry(y):
@@ -152,8 +159,8 @@ def _geometry(y):
     return n, c, t * h * w, t, h, w
 
 
-@triton_op("meranet::ra_pool_triton", mutates_args=(), schema="(Tensor y, Tensor scale) -> (Tensor pooled, Tensor argmax)")
-def ra_pool_triton(y, scale):
+@triton_op("meranet::ra_pool_triton", "(Tensor y, Tensor scale) -> (Tensor pooled, Tensor argmax)")
+def ra_pool_triton(y: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     op = "ra_pool_triton"
     check_activation(op, "y", y)
     check_small(op, "scale", scale, y.shape[:2], torch.float32, y)
@@ -173,10 +180,11 @@ def _(y, scale):
     return fake_ra_pool(y, scale)
 
 
-@triton_op("meranet::ra_attend_triton", mutates_args=(),
-           schema="(Tensor y, Tensor shortcut, Tensor scale, Tensor pooled, Tensor weight, Tensor? bias) -> "
-                  "(Tensor out, Tensor attn)")
-def ra_attend_triton(y, shortcut, scale, pooled, weight, bias):
+@triton_op("meranet::ra_attend_triton",
+           "(Tensor y, Tensor shortcut, Tensor scale, Tensor pooled, Tensor weight, Tensor? bias) -> "
+           "(Tensor out, Tensor attn)")
+def ra_attend_triton(y: torch.Tensor, shortcut: torch.Tensor, scale: torch.Tensor, pooled: torch.Tensor,
+                     weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     op = "ra_attend_triton"
     check_activation(op, "y", y)
     check_same(op, "shortcut", shortcut, y)
@@ -206,10 +214,13 @@ def _(y, shortcut, scale, pooled, weight, bias):
     return fake_ra_attend(y, shortcut, scale, pooled, weight, bias)
 
 
-@triton_op("meranet::ra_attend_bwd_triton", mutates_args=(),
-           schema="(Tensor grad_out, Tensor out, Tensor y, Tensor scale, Tensor attn, Tensor pooled, "
-                  "Tensor weight) -> (Tensor grad_z, Tensor grad_pooled, Tensor grad_weight, Tensor grad_bias)")
-def ra_attend_bwd_triton(grad_out, out, y, scale, attn, pooled, weight):
+@triton_op("meranet::ra_attend_bwd_triton",
+           "(Tensor grad_out, Tensor out, Tensor y, Tensor scale, Tensor attn, Tensor pooled, "
+           "Tensor weight) -> (Tensor grad_z, Tensor grad_pooled, Tensor grad_weight, Tensor grad_bias)")
+def ra_attend_bwd_triton(
+    grad_out: torch.Tensor, out: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, attn: torch.Tensor,
+    pooled: torch.Tensor, weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "ra_attend_bwd_triton"
     check_activation(op, "y", y)
     check_same(op, "grad_out", grad_out, y)
@@ -233,7 +244,7 @@ def ra_attend_bwd_triton(grad_out, out, y, scale, attn, pooled, weight):
     programs = n * triton.cdiv(s, _GATHER_BLOCK_S)
     gw_partial = y.new_empty((programs, 2, k, kk), dtype=torch.float32)
     gb_partial = y.new_empty((programs,), dtype=torch.float32)
-    wrap_triton(_ra_pooled_grad_kernel)[(programs,)](
+    wrap_triton(_POOLED_GRAD)[(programs,)](
         glogit, pooled.contiguous(), weight.to(torch.float32).contiguous(), grad_pooled, gw_partial, gb_partial,
         s, t, h, w, K=k, KK=kk, BLOCK_S=_GATHER_BLOCK_S)
     # Fixed-order reductions of the per-program partials: deterministic.

@@ -21,13 +21,15 @@ anything else); the small float32 maps (attn, pooled, gL) and the argmax are con
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from meranet_fast.ops._checks import check_st_attention_inputs as check_common_inputs
+from meranet_fast.ops.triton._register import triton_op
 
 __all__ = [
     "check_st_attention_inputs",
@@ -363,10 +365,11 @@ def _forward_outputs(x: torch.Tensor):
 
 @triton_op(
     "meranet::st_attention_fwd_triton",
-    mutates_args=(),
-    schema="(Tensor x, Tensor weight, Tensor? bias) -> (Tensor out, Tensor attn, Tensor pooled, Tensor argmax)",
+    "(Tensor x, Tensor weight, Tensor? bias) -> (Tensor out, Tensor attn, Tensor pooled, Tensor argmax)",
 )
-def st_attention_fwd_triton(x, weight, bias):
+def st_attention_fwd_triton(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused forward. Returns (out, attn fp32 [N,1,T,H,W], pooled fp32 [N,2,T,H,W], argmax int32 [N,T,H,W]).
 
     argmax is the FIRST channel reaching the max (eager ``amax`` instead splits ties evenly in backward).
@@ -406,11 +409,13 @@ def _(x, weight, bias):
 
 @triton_op(
     "meranet::st_attention_bwd_triton",
-    mutates_args=(),
-    schema="(Tensor grad_out, Tensor x, Tensor weight, Tensor attn, Tensor pooled, Tensor argmax) "
+    "(Tensor grad_out, Tensor x, Tensor weight, Tensor attn, Tensor pooled, Tensor argmax) "
     "-> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)",
 )
-def st_attention_bwd_triton(grad_out, x, weight, attn, pooled, argmax):
+def st_attention_bwd_triton(
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, attn: torch.Tensor, pooled: torch.Tensor,
+    argmax: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused backward from the forward's saved (attn, pooled, argmax).
 
     Returns grad_x (x's dtype and layout), grad_weight [1,2,k,k,k] and grad_bias [1] in weight's dtype
