@@ -2,6 +2,7 @@
 #   make demo    the main job on the embedded synthetic data
 #   make test    build everything, then the full CPU test suite (Triton kernels under TRITON_INTERPRET=1)
 #   make build   (re)compile the extension in place (incremental)
+#   make test-sanitize  the C++ CPU kernels under AddressSanitizer + UBSan (part of `make test`)
 #   make bench   CPU benchmarks of the fused operators against eager PyTorch and torch.compile
 # Knobs: PYTHON, VENV, TORCH_SPEC, MAX_JOBS, TORCH_CUDA_ARCH_LIST, MERANET_SKIP_CUDA, MERANET_FORCE_CUDA.
 
@@ -17,7 +18,7 @@ MERANET_FORCE_CUDA ?= 1
 export MERANET_FORCE_CUDA
 endif
 
-.PHONY: venv build test test-fast demo bench flops clean
+.PHONY: venv build test test-fast test-sanitize demo bench flops clean
 .DEFAULT_GOAL := test
 
 $(BIN)/python:
@@ -42,6 +43,12 @@ build: venv
 
 test: build
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest tests
+	$(MAKE) test-sanitize
+
+# The C++ CPU kernels built with AddressSanitizer + UBSan into build/sanitize (the in-place _C is left
+# alone) and the CPU op and kernel tests run against them; any report fails (README "Sanitizers").
+test-sanitize: venv
+	PYTHON=$(BIN)/python bash tests/run_sanitized.sh
 
 test-fast: build
 	$(BIN)/python -m pytest -m "not slow and not triton" tests
