@@ -2,6 +2,7 @@
 #   make demo    the main job on the embedded synthetic data
 #   make test    build everything, then the full CPU test suite (Triton kernels under TRITON_INTERPRET=1)
 #   make build   (re)compile the extension in place (incremental)
+#   make test-sanitize  the C++ CPU kernels under AddressSanitizer + UBSan (part of `make test`)
 #   make bench   CPU benchmarks of the fused operators against eager PyTorch and torch.compile
 #   make test-cuda-emu   the CUDA kernels on the CPU: emulated build of csrc/cuda, CUDA tests in two thread orders
 #   make cuda-resources  per-kernel registers / spills / shared memory / occupancy table (needs nvcc)
@@ -21,7 +22,7 @@ MERANET_FORCE_CUDA ?= 1
 export MERANET_FORCE_CUDA
 endif
 
-.PHONY: venv build test test-fast demo bench flops clean test-cuda-emu cuda-resources test-compat compat-build gpu-rehearsal
+.PHONY: venv build test test-fast test-sanitize demo bench flops clean test-cuda-emu cuda-resources test-compat compat-build gpu-rehearsal
 .DEFAULT_GOAL := test
 
 $(BIN)/python:
@@ -48,7 +49,7 @@ build: venv
 # so no optional-dependency test skips here (they skip only in the compat venv, which lacks two of them).
 test: build
 	MERANET_REQUIRE_OPTIONAL=1 TRITON_INTERPRET=1 $(BIN)/python -m pytest tests
-	$(MAKE) --no-print-directory test-cuda-emu test-compat gpu-rehearsal
+	$(MAKE) --no-print-directory test-sanitize test-cuda-emu test-compat gpu-rehearsal
 
 # CUDA emulator (tools/cuda_emu): csrc/cuda rewritten for the CPU, AddressSanitizer on, the CUDA tests
 # in the forward and reverse thread orders, then the planted-bug check (each must make the tests fail).
@@ -59,6 +60,11 @@ test-cuda-emu: build
 # ptxas resource table of every CUDA kernel (recompiles the CUDA sources with ptxas -v).
 cuda-resources: venv
 	$(BIN)/python tools/cuda_resources.py --out benchmarks/results/cuda_resources.md
+
+# The C++ CPU kernels built with AddressSanitizer + UBSan into build/sanitize (the in-place _C is left
+# alone) and the CPU op and kernel tests run against them; any report fails (README "Sanitizers").
+test-sanitize: venv
+	PYTHON=$(BIN)/python bash tests/run_sanitized.sh
 
 test-fast: build
 	$(BIN)/python -m pytest -m "not slow and not triton" tests

@@ -8,6 +8,9 @@ Build knobs (environment variables):
   MERANET_PRINT_NVCC_FLAGS=1  print the nvcc flags as JSON and exit (tools/cuda_resources.py).
   MERANET_NO_EXTENSION=1  install the Python package only (the Makefile uses it for `pip install -e`,
                           then compiles once in place with `setup.py build_ext --inplace`).
+  MERANET_SANITIZE=address,undefined  compile the C++ CPU kernels with these sanitizers (-O1 -g, no
+                          recovery; CUDA sources never). `make test-sanitize` builds so into build/sanitize
+                          and loads the result through $MERANET_EXTENSION_PATH (README "Sanitizers").
 CUDA is decided from the build toolchain (torch built with CUDA + nvcc found), never from
 torch.cuda.is_available(): build machines usually have no GPU.
 """
@@ -47,7 +50,7 @@ def _flag(name: str) -> bool:
 
 
 def _want_cuda() -> bool:
-    if _flag("MERANET_SKIP_CUDA"):
+    if _flag("MERANET_SKIP_CUDA") or _sanitizers():
         return False
     toolchain_ok = torch.version.cuda is not None and CUDA_HOME is not None and os.path.exists(
         os.path.join(CUDA_HOME, "bin", "nvcc"))
@@ -55,6 +58,14 @@ def _want_cuda() -> bool:
         sys.exit(f"MERANET_FORCE_CUDA=1 but CUDA cannot be compiled: torch.version.cuda={torch.version.cuda}, "
                  f"CUDA_HOME={CUDA_HOME} (set CUDA_HOME to a toolkit with bin/nvcc)")
     return toolchain_ok
+
+
+def _sanitizers() -> str:
+    """The ``MERANET_SANITIZE`` list (e.g. ``"address,undefined"``), or ``""`` for a normal build."""
+    value = os.environ.get("MERANET_SANITIZE", "").strip()
+    if value and not all(part in ("address", "undefined") for part in value.split(",")):
+        sys.exit(f"MERANET_SANITIZE must list address and/or undefined, got {value!r}")
+    return value
 
 
 def _pip_cuda_include_dirs() -> list[str]:
@@ -73,9 +84,18 @@ NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas", "-warn-
 def _extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     version_define = f'-DMERANET_TORCH_VERSION="{torch.__version__.split("+")[0]}"'
-    cxx_flags = ["-O3", version_define]
+    sanitize = _sanitizers()
+    cxx_flags = ["-O1", "-g"] if sanitize else ["-O3"]
+    cxx_flags.append(version_define)
+    link_flags = ["-fopenmp"]
     if sys.platform != "win32":
         cxx_flags.append("-fopenmp")
+    if sanitize:
+        # Every report is fatal (-fno-sanitize-recover); frame pointers and -g give usable stacks.
+        sanitize_flags = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        cxx_flags += [f'-DMERANET_SANITIZE="{sanitize}"', *sanitize_flags]
+        link_flags += sanitize_flags
+        print(f"meranet_fast: building the C++ CPU kernels with -fsanitize={sanitize}")
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], py_limited_api=True)
     if _want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
@@ -86,10 +106,10 @@ def _extension():
         return CUDAExtension("meranet_fast._C", sources,
                              extra_compile_args={"cxx": cxx_flags + ["-DMERANET_WITH_CUDA"],
                                                  "nvcc": nvcc_flags + ["-DMERANET_WITH_CUDA"]},
-                             extra_link_args=["-fopenmp"], **kwargs)
-    print("meranet_fast: building the CPU extension only (no CUDA toolchain, or MERANET_SKIP_CUDA=1)")
+                             extra_link_args=link_flags, **kwargs)
+    print("meranet_fast: building the CPU extension only (no CUDA toolchain, MERANET_SKIP_CUDA=1 or MERANET_SANITIZE)")
     return CppExtension("meranet_fast._C", sources, extra_compile_args={"cxx": cxx_flags},
-                        extra_link_args=["-fopenmp"], **kwargs)
+                        extra_link_args=link_flags, **kwargs)
 
 
 if _flag("MERANET_PRINT_NVCC_FLAGS"):  # tools/cuda_resources.py compiles the .cu files with the build's flags

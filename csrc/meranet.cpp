@@ -29,6 +29,9 @@ std::string build_info() {
 #else
   s << " cuda=0";
 #endif
+#ifdef MERANET_SANITIZE
+  s << " sanitize=" << MERANET_SANITIZE;
+#endif
   return s.str();
 }
 

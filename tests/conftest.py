@@ -44,6 +44,21 @@ def triton_device():
     if device is None:
         pytest.skip(f"Triton backend unavailable: {why}")
     return torch.device(device)
+# Hypothesis profiles of the property tests (tests/test_properties.py): "ci", the default, draws the same
+# examples every run (derandomized) within a bounded budget; HYPOTHESIS_PROFILE=long explores many more,
+# with random seeds, keeping failures in .hypothesis/ to replay them.
+try:
+    from hypothesis import HealthCheck, settings as _hypothesis_settings
+except ImportError:  # a dev dependency; test_properties.py skips with the reason without it
+    pass
+else:
+    _hypothesis_settings.register_profile(
+        "ci", derandomize=True, database=None, max_examples=60, deadline=None, print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    _hypothesis_settings.register_profile(
+        "long", max_examples=1000, deadline=None, print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from meranet_fast.data.frames import ClipCache, load_frames
-from meranet_fast.data.samples import Sample, clip_indices
+from meranet_fast.data.samples import FrameError, Sample, clip_indices
 from meranet_fast.data.synthetic import render_frames
 
 __all__ = ["ClipDataset", "clip_to_tensor"]
@@ -74,7 +74,18 @@ class ClipDataset(Dataset):
         return [self.classes.index(s.label) for s in self.samples]
 
     def raw_clip(self, i: int) -> np.ndarray:
-        """uint8 ``[T, H, W, 3]`` clip of sample ``i`` (from the cache when there is one)."""
+        """uint8 ``[T, H, W, 3]`` clip of sample ``i`` (from the cache when there is one).
+
+        Raises:
+            FrameError: a frame is missing or cannot be decoded (e.g. a truncated JPEG); the message names
+                the file and the sample.
+        """
+        try:
+            return self._raw_clip(i)
+        except FrameError as e:
+            raise FrameError(f"sample {self.samples[i].uid} (index {i}): {e}") from None
+
+    def _raw_clip(self, i: int) -> np.ndarray:
         s = self.samples[i]
         idx = clip_indices(s.num_frames, s.apex, self.clip_len)
         if s.synthetic is not None:

@@ -22,6 +22,7 @@ from meranet_fast.data.samples import (
     FrameError,
     Sample,
     SampleIndex,
+    frames_in_range,
     index_frames,
     normalize_label,
     resolve_apex,
@@ -239,7 +240,8 @@ def load_smic(root: str, annotation: str | None = None) -> SampleIndex:
         emotion_dir = os.path.dirname(folder)
         subject = os.path.basename(os.path.dirname(os.path.dirname(emotion_dir)))
         numbered = index_frames(folder)
-        frames = tuple(numbered[n] for n in sorted(numbered))
+        uid = f"smic/{subject}/{os.path.basename(folder)}"
+        frames = tuple(frames_in_range(numbered, min(numbered), max(numbered), uid))
         samples.append(Sample("smic", subject, os.path.basename(folder),
                               normalize_label(os.path.basename(emotion_dir)), frames, (len(frames) - 1) // 2))
     return SampleIndex("smic", samples, ["smic: no apex annotation, the middle frame of every clip is used"])

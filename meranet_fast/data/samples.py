@@ -158,17 +158,18 @@ def _expected_name(numbered: dict[int, str], missing: int) -> str:
     return os.path.join(folder, name[:m.start(1)] + str(missing).zfill(width) + name[m.end(1):])
 
 
-def frames_in_range(numbered: dict[int, str], first: int, last: int) -> list[str]:
+def frames_in_range(numbered: dict[int, str], first: int, last: int, uid: str | None = None) -> list[str]:
     """Paths of frames ``first..last`` (inclusive), which must all exist.
 
     Raises:
-        FrameError: naming the first missing frame file.
+        FrameError: naming the first missing frame file (a gap in the folder) and the sample ``uid``.
     """
     paths = []
     for n in range(first, last + 1):
         if n not in numbered:
-            raise FrameError(f"missing frame {_expected_name(numbered, n)} "
-                             f"(sample needs frames {first}..{last})")
+            sample = f"sample {uid}: " if uid else ""
+            raise FrameError(f"{sample}missing frame {_expected_name(numbered, n)} "
+                             f"(the sample needs frames {first}..{last}; the folder has a gap)")
         paths.append(numbered[n])
     return paths
 
@@ -203,7 +204,7 @@ def resolve_apex(uid: str, folder: str, onset: Any, apex: Any, offset: Any,
         new_off = max(numbered)
         issues.append(f"{uid}: offset {offset!r} invalid, using last frame {new_off}")
         off = new_off
-    frames = frames_in_range(numbered, on, off)
+    frames = frames_in_range(numbered, on, off, uid)
     if ap is None or not on <= ap <= off:
         ap = (on + off) // 2
         issues.append(f"{uid}: apex {apex!r} missing or outside onset..offset {on}..{off}, "

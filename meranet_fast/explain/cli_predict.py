@@ -27,8 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from meranet_fast.data.samples import FrameError
     from meranet_fast.explain.inference import load_trained, predict, read_input
+    from meranet_fast.train.checkpoint import CheckpointError
 
-    model, meta = load_trained(args.checkpoint, args.device, args.impl)
+    try:
+        model, meta = load_trained(args.checkpoint, args.device, args.impl)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     try:
         clip = read_input(args.input, meta["clip_len"], meta["size"], args.apex)
     except (FrameError, ImportError) as e:

@@ -35,8 +35,13 @@ def main(args: argparse.Namespace) -> int:
     from meranet_fast.data.samples import FrameError
     from meranet_fast.explain.inference import load_trained, read_input
     from meranet_fast.explain.saliency import attention_maps, grad_cam, save_overlays
+    from meranet_fast.train.checkpoint import CheckpointError
 
-    model, meta = load_trained(args.checkpoint, args.device, args.impl)
+    try:
+        model, meta = load_trained(args.checkpoint, args.device, args.impl)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     classes = meta["classes"]
     if args.target is not None and args.target not in classes:
         print(f"error: --target {args.target!r} is not one of the model's classes {classes}", file=sys.stderr)

@@ -29,14 +29,18 @@ def main(args: argparse.Namespace) -> int:
     import dataclasses
 
     from meranet_fast.data.samples import AnnotationError, FrameError
-    from meranet_fast.train.checkpoint import load_checkpoint
+    from meranet_fast.train.checkpoint import CheckpointError, load_checkpoint
     from meranet_fast.train.config import TrainConfig
     from meranet_fast.train.distributed import init_distributed
     from meranet_fast.train.models import build_model
     from meranet_fast.train.plots import plot_confusion
     from meranet_fast.train.trainer import Trainer, make_split_datasets, prepare_data
 
-    state = load_checkpoint(args.checkpoint)
+    try:
+        state = load_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     meta = state["meta"]
     stored = {k: tuple(v) if k == "classes" and v is not None else v for k, v in state["config"].items()}
     overrides = {k: v for k, v in vars(args).items()

@@ -98,7 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("run")
     _opt(g, "--out", "run folder: checkpoints, metrics.csv, plots, results.json")
     g.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
-                   help="continue the run in --out from its last.pt (exactly as if never stopped)")
+                   help="continue the run in --out from its last.pt (exactly as if never stopped; from "
+                        "last.prev.pt if last.pt is damaged); refused if the configuration or data changed")
     _opt(g, "--stop-after-epochs", "stop this invocation after N epochs (e.g. to fit a job time limit); "
          "continue later with --resume", type=int)
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
@@ -107,14 +108,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from meranet_fast.data.samples import AnnotationError, FrameError
+    from meranet_fast.train.checkpoint import CheckpointError
     from meranet_fast.train.config import make_config
+    from meranet_fast.train.resume import ResumeMismatch
     from meranet_fast.train.trainer import TrainingDiverged, run_training
 
     overrides = {k: v for k, v in vars(args).items() if k in _DEFAULTS}
     cfg = make_config(args.preset, **overrides)
     try:
         summary = run_training(cfg)
-    except (TrainingDiverged, AnnotationError, FrameError, FileExistsError) as e:
+    except (TrainingDiverged, AnnotationError, FrameError, FileExistsError, CheckpointError, ResumeMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if summary is None:

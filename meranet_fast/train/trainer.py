@@ -3,7 +3,8 @@
 What a run writes (rank 0 only) in its folder (one sub-folder per fold for leave-one-subject-out):
 
 - ``config.json``: the configuration and the resolved choices (classes, attention backend, ...);
-- ``last.pt`` after every epoch and ``best.pt`` when the validation score improves, written atomically;
+- ``last.pt`` after every epoch and ``best.pt`` when the validation score improves, written atomically, each
+  keeping the version it replaced as ``last.prev.pt`` / ``best.prev.pt``;
 - ``metrics.csv``: one row per epoch (losses, accuracies, validation UF1/UAR, learning rate, time, skipped
   steps);
 - ``curves.png``, ``confusion_matrix.png`` and ``result.json`` (test metrics and per-sample predictions)
@@ -13,7 +14,9 @@ Exact resumption: the data order of epoch ``e`` depends only on ``(seed, e)`` (`
 flips only on ``(seed, e, index)``, and ``last.pt`` holds the model, optimizer, scheduler, scaler, history
 and the Python/NumPy/torch generator states, so a run stopped after epoch ``k`` and resumed ends with the
 same weights and metrics as an uninterrupted one (bit-exact on CPU; on GPU as far as the kernels are
-deterministic).
+deterministic). A ``last.pt`` truncated or corrupted on disk is reported by name and the run resumes from
+``last.prev.pt`` (one epoch earlier, so still exactly); ``--resume`` with another configuration or other data
+is refused with the differences listed (:mod:`meranet_fast.train.resume`).
 
 Non-finite gradients: with ``--amp fp16`` the gradient scaler skips a step whose gradients overflowed; with
 ``--amp bf16`` the trainer does the same itself (one reduction over the gradients per step). The reason is
@@ -45,12 +48,19 @@ from meranet_fast.data.dataset import ClipDataset
 from meranet_fast.data.registry import DATASETS, load_dataset
 from meranet_fast.data.samples import Sample
 from meranet_fast.data.splits import Split, holdout_protocol, loso_protocol
-from meranet_fast.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from meranet_fast.train.checkpoint import (
+    load_checkpoint_or_previous,
+    previous_path,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from meranet_fast.train.config import TrainConfig
 from meranet_fast.train.distributed import DistContext, init_distributed
 from meranet_fast.train.metrics import classification_metrics, confusion_matrix
 from meranet_fast.train.models import build_model, resolve_impl
 from meranet_fast.train.plots import NO_PLOTS, plot_confusion, plot_curves
+from meranet_fast.train.resume import check_resumable, data_identity
 from meranet_fast.train.schedule import make_scheduler, untuned_warmup_steps
 
 __all__ = ["Trainer", "TrainingDiverged", "FoldResult", "run_training", "prepare_data", "make_split_datasets",
@@ -228,6 +238,16 @@ class Trainer:
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf)))
 
+    def _load_best(self, best_path: str, epoch: int) -> dict | None:
+        """The weights of the best epoch so far (``best.pt``, or ``best.prev.pt`` after a fallback of ``last.pt``)."""
+        if epoch == 0:
+            return None
+
+        def holds_epoch(state: dict) -> str | None:
+            return None if state.get("epoch") == epoch else f"holds epoch {state.get('epoch')}, not the best epoch {epoch}"
+
+        return load_checkpoint_or_previous(best_path, accept=holds_epoch, log=self.log)[0]["model"]
+
     def fit(self) -> FoldResult | None:
         """Train (resuming from ``last.pt`` when ``cfg.resume``), then test the best-validation weights.
 
@@ -235,11 +255,14 @@ class Trainer:
 
         Raises:
             TrainingDiverged: the loss became NaN/inf; ``last.pt`` still holds the last finished epoch.
+            CheckpointError: resuming, neither ``last.pt`` nor ``last.prev.pt`` (or the best weights) can be read.
+            ResumeMismatch: resuming with another configuration or data than the checkpoint's.
         """
         cfg, dist = self.cfg, self.dist
         os.makedirs(self.out_dir, exist_ok=True)
         last_path, best_path = self.path("last.pt"), self.path("best.pt")
-        if os.path.exists(last_path) and not cfg.resume:
+        has_run = os.path.exists(last_path) or os.path.exists(previous_path(last_path))
+        if has_run and not cfg.resume:
             raise FileExistsError(f"{self.out_dir} already holds a run ({last_path}); pass --resume to continue "
                                   "it or choose another --out")
         seed_everything(cfg.seed)
@@ -275,16 +298,18 @@ class Trainer:
         best = {"epoch": 0, "score": -math.inf}
         best_state = None
         start = 0
-        if cfg.resume and os.path.exists(last_path):
-            state = load_checkpoint(last_path)
+        data = data_identity(self.classes, {"train": self.train_ds, "val": self.val_ds, "test": self.test_ds})
+        if cfg.resume and has_run:
+            state, resumed_from = load_checkpoint_or_previous(last_path, log=self.log)
+            check_resumable(state, cfg.to_dict(), data, resumed_from)
             base.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             history, best, start = state["history"], state["best"], state["epoch"]
-            best_state = load_checkpoint(best_path)["model"] if os.path.exists(best_path) else None
+            best_state = self._load_best(best_path, best["epoch"])
             set_rng_state(state["rng"])
-            self.log(f"resumed {last_path} at epoch {start}/{cfg.epochs}")
+            self.log(f"resumed {resumed_from} at epoch {start}/{cfg.epochs}")
         if dist.is_main:
             with open(self.path("config.json"), "w") as f:
                 json.dump({**cfg.to_dict(), "classes": list(self.classes), "impl_resolved": resolve_impl(cfg.impl),
@@ -358,11 +383,12 @@ class Trainer:
             if dist.is_main:
                 if improved:
                     save_checkpoint({"model": best_state, "meta": meta, "epoch": epoch + 1, "val": val["metrics"],
-                                     "config": cfg.to_dict()}, best_path)
+                                     "config": cfg.to_dict()}, best_path, keep_previous=True)
                 save_checkpoint({"model": base.state_dict(), "optimizer": optimizer.state_dict(),
                                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                  "epoch": epoch + 1, "history": history, "best": best, "rng": rng_state(),
-                                 "meta": meta, "config": cfg.to_dict()}, last_path)
+                                 "meta": meta, "config": cfg.to_dict(), "data": data}, last_path,
+                                keep_previous=True)
                 self._write_csv(history)
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.3f} acc "
                            f"{row['train_accuracy']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f}"
