@@ -3,6 +3,8 @@
 #   make test    build everything, then the full CPU test suite (Triton kernels under TRITON_INTERPRET=1)
 #   make build   (re)compile the extension in place (incremental)
 #   make bench   CPU benchmarks of the fused operators against eager PyTorch and torch.compile
+#   make test-cuda-emu   the CUDA kernels on the CPU: emulated build of csrc/cuda, CUDA tests in two thread orders
+#   make cuda-resources  per-kernel registers / spills / shared memory / occupancy table (needs nvcc)
 # Knobs: PYTHON, VENV, TORCH_SPEC, MAX_JOBS, TORCH_CUDA_ARCH_LIST, MERANET_SKIP_CUDA, MERANET_FORCE_CUDA.
 
 PYTHON ?= python3
@@ -17,7 +19,7 @@ MERANET_FORCE_CUDA ?= 1
 export MERANET_FORCE_CUDA
 endif
 
-.PHONY: venv build test test-fast demo bench flops clean
+.PHONY: venv build test test-fast demo bench flops clean test-cuda-emu cuda-resources
 .DEFAULT_GOAL := test
 
 $(BIN)/python:
@@ -42,6 +44,17 @@ build: venv
 
 test: build
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest tests
+	$(MAKE) test-cuda-emu
+
+# CUDA emulator (tools/cuda_emu): csrc/cuda rewritten for the CPU, AddressSanitizer on, the CUDA tests
+# in the forward and reverse thread orders, then the planted-bug check (each must make the tests fail).
+test-cuda-emu: build
+	$(BIN)/python tools/cuda_emu/run_tests.py --orders forward,reverse
+	$(BIN)/python tools/cuda_emu/plant_bugs.py
+
+# ptxas resource table of every CUDA kernel (recompiles the CUDA sources with ptxas -v).
+cuda-resources: venv
+	$(BIN)/python tools/cuda_resources.py --out benchmarks/results/cuda_resources.md
 
 test-fast: build
 	$(BIN)/python -m pytest -m "not slow and not triton" tests

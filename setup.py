@@ -5,6 +5,7 @@ Build knobs (environment variables):
   MERANET_FORCE_CUDA=1  compile CUDA sources or fail (error if torch has no CUDA or nvcc is missing).
   TORCH_CUDA_ARCH_LIST  GPU architectures (default here: "9.0", the H100/H200 the library targets).
   MAX_JOBS              parallel compile jobs (ninja).
+  MERANET_PRINT_NVCC_FLAGS=1  print the nvcc flags as JSON and exit (tools/cuda_resources.py).
   MERANET_NO_EXTENSION=1  install the Python package only (the Makefile uses it for `pip install -e`,
                           then compiles once in place with `setup.py build_ext --inplace`).
 CUDA is decided from the build toolchain (torch built with CUDA + nvcc found), never from
@@ -13,6 +14,7 @@ torch.cuda.is_available(): build machines usually have no GPU.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import site
 import sys
@@ -64,6 +66,10 @@ def _pip_cuda_include_dirs() -> list[str]:
     return [d for d in dirs if os.path.isdir(d)]
 
 
+# ptxas gate (docs/design.md §3): a register spill or any local-memory use fails the build.
+NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas", "-warn-spills,-warn-lmem-usage,-Werror"]
+
+
 def _extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     version_define = f'-DMERANET_TORCH_VERSION="{torch.__version__.split("+")[0]}"'
@@ -74,7 +80,7 @@ def _extension():
     if _want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        nvcc_flags = list(NVCC_FLAGS)
         kwargs["include_dirs"] += _pip_cuda_include_dirs()
         print(f"meranet_fast: building with CUDA (arch list {os.environ['TORCH_CUDA_ARCH_LIST']})")
         return CUDAExtension("meranet_fast._C", sources,
@@ -85,6 +91,11 @@ def _extension():
     return CppExtension("meranet_fast._C", sources, extra_compile_args={"cxx": cxx_flags},
                         extra_link_args=["-fopenmp"], **kwargs)
 
+
+if _flag("MERANET_PRINT_NVCC_FLAGS"):  # tools/cuda_resources.py compiles the .cu files with the build's flags
+    print(json.dumps({"nvcc_flags": NVCC_FLAGS + ["-DMERANET_WITH_CUDA"],
+                      "include_dirs": [os.path.join(ROOT, "csrc")] + _pip_cuda_include_dirs()}))
+    sys.exit(0)
 
 setup(
     ext_modules=[] if _flag("MERANET_NO_EXTENSION") else [_extension()],

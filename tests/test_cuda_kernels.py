@@ -1,19 +1,20 @@
-"""CUDA C++ kernels against their CPU twins (GPU only).
+"""CUDA C++ kernels against their CPU twins: on a GPU, or on the CPU under the CUDA emulator.
 
 Every ``torch.ops.meranet.*`` kernel op has a CPU implementation that the rest of the suite checks against
 the eager references; here each CUDA implementation must give the same results as the CPU one on the same
 inputs: awkward shapes, ties, every dtype, contiguous / channels_last_3d / sliced layouts, k = 3, 5, 7,
-and bit-identical results on a repeated backward (determinism).
+and bit-identical results on a repeated backward (determinism; trivially true when emulated).
+The CUDA kernels are the real ones on a GPU, or the emulated build of the same sources
+(``make test-cuda-emu``, see tests/cuda_target.py).
 """
 import pytest
 import torch
 
-import meranet_fast._extension as ext
+from cuda_target import SKIP_REASON, kernel, synchronize, to_device
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (none visible to torch)"),
-    pytest.mark.skipif(not ext.cuda_compiled(), reason="meranet_fast._C was built without CUDA sources"),
+    pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or ""),
 ]
 ops = torch.ops.meranet
 
@@ -38,21 +39,17 @@ def activation(shape, dtype, layout):
     return x[..., ::2] if layout == "sliced" else x
 
 
-def assert_same(cpu_result, cuda_result, dtype, loose=False):
+def assert_same(cpu_result, cuda_result, dtype, loose=False, name="op"):
     cpu_result = cpu_result if isinstance(cpu_result, (tuple, list)) else (cpu_result,)
     cuda_result = cuda_result if isinstance(cuda_result, (tuple, list)) else (cuda_result,)
     for i, (expected, actual) in enumerate(zip(cpu_result, cuda_result)):
         actual = actual.cpu()
-        assert actual.shape == expected.shape, f"output {i}: shape {actual.shape} != {expected.shape}"
+        assert actual.shape == expected.shape, f"{name} output {i}: shape {actual.shape} != {expected.shape}"
         if expected.dtype in (torch.int32, torch.int64):
-            assert torch.equal(actual, expected), f"output {i}: indices differ"
+            assert torch.equal(actual, expected), f"{name} output {i}: indices differ"
         else:
             torch.testing.assert_close(actual.double(), expected.double(), equal_nan=True,
-                                       **tolerance(dtype, loose), msg=lambda m: f"output {i}: {m}")
-
-
-def on_cuda(*tensors):
-    return [t.cuda() if isinstance(t, torch.Tensor) else t for t in tensors]
+                                       **tolerance(dtype, loose), msg=lambda m: f"{name} output {i}: {m}")
 
 
 @pytest.mark.parametrize("k", [3, 5, 7])
@@ -66,13 +63,13 @@ def test_st_attention_cuda_matches_cpu(shape, dtype, layout, k):
     # reference: the CPU kernel in float32 on the very same values (low-precision inputs are exact in fp32)
     as_f32 = [t.float() for t in (g, x, w, b)]
     fwd_cpu = ops.st_attention_fwd(*as_f32[1:])
-    fwd_cuda = ops.st_attention_fwd(*on_cuda(x, w, b))
-    assert_same(fwd_cpu, fwd_cuda, dtype)
+    fwd_cuda = kernel(ops.st_attention_fwd)(*to_device(x, w, b))
+    assert_same(fwd_cpu, fwd_cuda, dtype, name="st_attention_fwd")
     bwd_cpu = ops.st_attention_bwd(*as_f32[:3], *fwd_cpu[1:])
-    bwd_args = on_cuda(g, x, w, *fwd_cuda[1:])
-    bwd_cuda = ops.st_attention_bwd(*bwd_args)
-    assert_same(bwd_cpu, bwd_cuda, dtype, loose=True)
-    again = ops.st_attention_bwd(*bwd_args)
+    bwd_args = to_device(g, x, w, *fwd_cuda[1:])
+    bwd_cuda = kernel(ops.st_attention_bwd)(*bwd_args)
+    assert_same(bwd_cpu, bwd_cuda, dtype, loose=True, name="st_attention_bwd")
+    again = kernel(ops.st_attention_bwd)(*bwd_args)
     assert all(torch.equal(p, q) for p, q in zip(bwd_cuda, again)), "backward is not deterministic"
 
 
@@ -89,7 +86,7 @@ def test_channel_attention_and_ra_tail_cuda_match_cpu(shape, dtype, layout, k):
 
     def both(op, *args, loose=False):
         expected = op(*args)
-        assert_same(expected, op(*on_cuda(*args)), dtype, loose)
+        assert_same(expected, kernel(op)(*to_device(*args)), dtype, loose, name=op._qualified_op_name.split("::")[1])
         return expected
 
     avg, mx, argmax_thw = both(ops.ca_pool, y)
@@ -100,18 +97,18 @@ def test_channel_attention_and_ra_tail_cuda_match_cpu(shape, dtype, layout, k):
     for maps in [(None, None, None), (attn, grad_pooled, argmax_c)]:
         both(ops.ca_scale_grad, grad_z, y, *maps, loose=True)
         both(ops.ca_input_grad, grad_z, scale, avg, mx, argmax_thw, *maps)
-    args = on_cuda(g, out, y, scale, attn, pooled, w)
-    first, second = ops.ra_attend_bwd(*args), ops.ra_attend_bwd(*args)
+    args = to_device(g, out, y, scale, attn, pooled, w)
+    first, second = kernel(ops.ra_attend_bwd)(*args), kernel(ops.ra_attend_bwd)(*args)
     assert all(torch.equal(p, q) for p, q in zip(first, second)), "ra_attend_bwd is not deterministic"
 
 
 def test_empty_inputs_return_without_launching():
-    y = torch.randn(0, 4, 2, 3, 3, device="cuda")
-    avg, mx, idx = ops.ca_pool(y)
+    y, w = to_device(torch.randn(0, 4, 2, 3, 3), torch.randn(1, 2, 3, 3, 3))
+    avg, mx, idx = kernel(ops.ca_pool)(y)
     assert avg.shape == (0, 4) and mx.shape == (0, 4) and idx.shape == (0, 4)
-    out, attn, pooled, argmax = ops.st_attention_fwd(y, torch.randn(1, 2, 3, 3, 3, device="cuda"), None)
+    out, attn, pooled, argmax = kernel(ops.st_attention_fwd)(y, w, None)
     assert out.shape == y.shape and attn.shape == (0, 1, 2, 3, 3)
-    torch.cuda.synchronize()
+    synchronize()
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d", "sliced"])
@@ -130,7 +127,7 @@ def test_pools_propagate_nan_like_the_cpu_kernels(layout):
     scale = torch.rand(2, 40) + 0.5
     w = torch.randn(1, 2, 3, 3, 3)
     for op, args in ((ops.ca_pool, (y,)), (ops.ra_pool, (y, scale)), (ops.st_attention_fwd, (y, w, None))):
-        assert_same(op(*args), op(*on_cuda(*args)), torch.float32)
+        assert_same(op(*args), kernel(op)(*to_device(*args)), torch.float32, name=op._qualified_op_name.split("::")[1])
     _, mx, idx = ops.ca_pool(y)
     assert mx[0, 1].isnan() and idx[0, 1] == 9 * 31 + 4  # the earliest of the three NaNs: (t, h, w) = (0, 9, 4)
     _, argmax = ops.ra_pool(y, scale)

@@ -297,8 +297,10 @@ channel_reduce_pm_kernel(const scalar_t* __restrict__ a, Strides sa, const scala
 // the whole warp). Lane l of the group reads channel vectors cv = l, l+G, ... (channels cv*VEC ..
 // cv*VEC+VEC-1, C % VEC == 0). The G lanes combine with an xor butterfly (exact for max/argmax,
 // commutative adds for the sum: every run gives the same bits).
+// Launch bound: at least 5 blocks of 256 per SM (<= 51 registers). ptxas's own target for a 256-thread
+// bound (40 registers) spills around the 64-bit division's subroutine call in div_nonneg (docs/design.md §3).
 template <typename scalar_t, int VEC, bool DOT>
-__global__ void __launch_bounds__(kClThreads)
+__global__ void __launch_bounds__(kClThreads, 5)
 channel_reduce_cl_kernel(const scalar_t* __restrict__ a, Strides sa, const scalar_t* __restrict__ b,
                          Strides sb, Shape shape, int group, float* __restrict__ out0,
                          int* __restrict__ argmax, const float* __restrict__ attn) {
@@ -453,8 +455,10 @@ __host__ __device__ inline void attend_smem_layout(const TileGeom& tg, int* halo
   *total = *a_off + align4(tg.tt * tg.th * tg.twp);
 }
 
+// Launch bound: at least 2 blocks of 512 per SM (<= 64 registers). ptxas's own target for a 512-thread
+// bound (40 registers) spills in the K = 7 position-major kernels (docs/design.md §3).
 template <typename scalar_t, int K, int VEC, bool CL>
-__global__ void __launch_bounds__(512)
+__global__ void __launch_bounds__(512, 2)
 attend_kernel(const scalar_t* __restrict__ x, Strides sx, scalar_t* __restrict__ out, Strides so,
               const float* __restrict__ pooled, const float* __restrict__ w32,
               const float* __restrict__ b32, float* __restrict__ attn, Shape shape, TileGeom tg,
@@ -778,15 +782,16 @@ input_grad_kernel(const scalar_t* __restrict__ g, Strides sg, scalar_t* __restri
     const int tl = rr / tg.th;
     const int64_t gt = o.t0 + tl, gh = o.h0 + hl, gw = o.w0 + wl;
     if (gt >= shape.T || gh >= shape.H || gw >= shape.W) return;
-    float A[VEC], M[VEC], X[VEC];
+    // gP1 (x_s) is read from shared memory only at the argmax channel: VEC registers fewer in the loops
+    // below, which the VEC = 8 kernels need to stay within 64 registers without spilling (docs/design.md §3).
+    const int l0 = (tl * tg.th + hl) * tg.twp + wl;
+    float A[VEC], M[VEC];
     int I[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      const int l = (tl * tg.th + hl) * tg.twp + wl + i;
-      A[i] = a_s[l];
-      M[i] = m_s[l];
-      X[i] = x_s[l];
-      I[i] = i_s[l];
+      A[i] = a_s[l0 + i];
+      M[i] = m_s[l0 + i];
+      I[i] = i_s[l0 + i];
     }
     const scalar_t* pg = g + o.n * sg.n + gt * sg.t + gh * sg.h + gw * sg.w;
     scalar_t* pgx = gx + o.n * sgx.n + gt * sgx.t + gh * sgx.h + gw * sgx.w;
@@ -799,7 +804,7 @@ input_grad_kernel(const scalar_t* __restrict__ g, Strides sg, scalar_t* __restri
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t cc = c + u * cgs;
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) v[u][i] = fmaf(v[u][i], A[i], M[i]) + (cc == I[i] ? X[i] : 0.f);
+        for (int i = 0; i < VEC; ++i) v[u][i] = fmaf(v[u][i], A[i], M[i]) + (cc == I[i] ? x_s[l0 + i] : 0.f);
         store_vec<scalar_t, VEC>(pgx + cc * sgx.c, v[u]);
       }
     }
@@ -807,7 +812,7 @@ input_grad_kernel(const scalar_t* __restrict__ g, Strides sg, scalar_t* __restri
       float v[VEC];
       load_vec<scalar_t, VEC>(pg + c * sg.c, v);
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) v[i] = fmaf(v[i], A[i], M[i]) + (c == I[i] ? X[i] : 0.f);
+      for (int i = 0; i < VEC; ++i) v[i] = fmaf(v[i], A[i], M[i]) + (c == I[i] ? x_s[l0 + i] : 0.f);
       store_vec<scalar_t, VEC>(pgx + c * sgx.c, v);
     }
   } else {
