@@ -112,10 +112,9 @@ def test_saved_maps_are_in_the_accumulation_dtype():
         assert (fake[1].dtype, fake[2].dtype) == (acc_dtype(dtype), acc_dtype(dtype))
 
 
+@CPP
 def test_float64_backward_refuses_float32_maps():
     """The backward checks the saved maps' dtype: float32 maps with float64 x are a caller error."""
-    if not _extension.is_loaded():
-        pytest.skip(f"meranet_fast._C not built: {_extension.LOAD_ERROR}")
     x = torch.randn(1, 3, 2, 3, 3, dtype=torch.float64)
     w = torch.randn(1, 2, 3, 3, 3, dtype=torch.float64)
     _, attn, pooled, argmax = torch.ops.meranet.st_attention_fwd(x, w, None)
