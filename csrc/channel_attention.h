@@ -30,11 +30,6 @@
 
 namespace meranet {
 
-// float64 for float64 tensors, float32 for every other floating type.
-inline at::ScalarType acc_scalar_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // The dense layout the CPU kernels run in: channels_last_3d when the tensor is in it (and not
 // also plainly contiguous), NCTHW otherwise (other strided inputs are copied once into NCTHW).
 c10::MemoryFormat dense_format(const at::Tensor& x);

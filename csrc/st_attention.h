@@ -1,8 +1,8 @@
 // Fused spatio-temporal attention (docs/design.md §2.1): declarations shared by the CPU and CUDA kernels.
 //
 // Forward:  out = x * A,  A = sigmoid(conv3d([mean_c x; max_c x], weight, bias, pad = k/2))
-// Saved for backward: attn A [N,1,T,H,W] f32, pooled P [N,2,T,H,W] f32, argmax I [N,T,H,W] i32
-// (first channel index of the maximum), plus x.
+// Saved for backward: attn A [N,1,T,H,W], pooled P [N,2,T,H,W] in the accumulation type (float64 for
+// float64 x, float32 otherwise), argmax I [N,T,H,W] i32 (first channel index of the maximum), plus x.
 #pragma once
 
 #include <ATen/core/Tensor.h>

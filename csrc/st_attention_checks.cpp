@@ -1,6 +1,7 @@
 // Input validation for meranet::st_attention_fwd / _bwd, shared by every dispatch key.
 #include <c10/util/Exception.h>
 
+#include "meranet_fast.h"
 #include "st_attention.h"
 
 namespace meranet {
@@ -12,6 +13,7 @@ void check_st_attention_forward_inputs(const at::Tensor& x, const at::Tensor& we
   TORCH_CHECK(at::isFloatingType(x.scalar_type()),
               "st_attention: x must be a floating-point tensor, got ", x.scalar_type());
   TORCH_CHECK(x.size(1) >= 1, "st_attention: x must have at least one channel, got shape ", x.sizes());
+  check_argmax_channels("st_attention", "x", x.size(1));
   TORCH_CHECK(weight.dim() == 5 && weight.size(0) == 1 && weight.size(1) == 2 &&
                   weight.size(2) == weight.size(3) && weight.size(3) == weight.size(4),
               "st_attention: weight must have shape [1, 2, k, k, k], got ", weight.sizes());
@@ -40,12 +42,14 @@ void check_st_attention_backward_inputs(const at::Tensor& grad_out, const at::Te
   TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(),
               "st_attention backward: grad_out must have x's dtype and device");
   const auto n = x.size(0), t = x.size(2), h = x.size(3), w = x.size(4);
-  TORCH_CHECK(attn.sizes() == at::IntArrayRef({n, 1, t, h, w}) && attn.scalar_type() == at::kFloat,
-              "st_attention backward: attn must be float32 [N, 1, T, H, W], got ", attn.scalar_type(), " ",
-              attn.sizes());
-  TORCH_CHECK(pooled.sizes() == at::IntArrayRef({n, 2, t, h, w}) && pooled.scalar_type() == at::kFloat,
-              "st_attention backward: pooled must be float32 [N, 2, T, H, W], got ", pooled.scalar_type(),
-              " ", pooled.sizes());
+  // The saved maps are in the accumulation type: float64 for float64 x, float32 otherwise.
+  const at::ScalarType acc = acc_scalar_type(x.scalar_type());
+  TORCH_CHECK(attn.sizes() == at::IntArrayRef({n, 1, t, h, w}) && attn.scalar_type() == acc,
+              "st_attention backward: attn must be ", acc, " [N, 1, T, H, W] (as saved by the forward), got ",
+              attn.scalar_type(), " ", attn.sizes());
+  TORCH_CHECK(pooled.sizes() == at::IntArrayRef({n, 2, t, h, w}) && pooled.scalar_type() == acc,
+              "st_attention backward: pooled must be ", acc, " [N, 2, T, H, W] (as saved by the forward), got ",
+              pooled.scalar_type(), " ", pooled.sizes());
   TORCH_CHECK(argmax.sizes() == at::IntArrayRef({n, t, h, w}) && argmax.scalar_type() == at::kInt,
               "st_attention backward: argmax must be int32 [N, T, H, W], got ", argmax.scalar_type(), " ",
               argmax.sizes());

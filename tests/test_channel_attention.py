@@ -314,35 +314,7 @@ def test_composed_operators_need_the_extension(op, monkeypatch):
             fn(*args, backend=backend)
 
 
-def _bad(**changes):
-    y = torch.randn(1, 8, 2, 3, 3)
-    args = dict(y=y, w_reduce=torch.randn(2, 8), b_reduce=torch.randn(2), w_expand=torch.randn(8, 2),
-                b_expand=torch.randn(8))
-    args.update(changes)
-    return args
-
-
-@pytest.mark.parametrize("args,exc,match", [
-    (_bad(y=torch.randn(8, 2, 3, 3)), ValueError, "y must be 5-D"),
-    (_bad(y=torch.ones(1, 8, 2, 3, 3, dtype=torch.int64)), TypeError, "y must be a floating-point"),
-    (_bad(y=[1.0]), TypeError, "y must be a torch.Tensor"),
-    (_bad(y=torch.randn(1, 8, 0, 3, 3)), ValueError, "T\\*H\\*W >= 1"),
-    (_bad(w_reduce=torch.randn(2, 7)), ValueError, "w_reduce must have shape"),
-    (_bad(w_reduce=torch.randn(2, 8, 1, 1, 1)), ValueError, "w_reduce must be 2-D"),
-    (_bad(w_expand=torch.randn(8, 3)), ValueError, "w_expand must have shape"),
-    (_bad(b_reduce=torch.randn(3)), ValueError, "b_reduce must have shape"),
-    (_bad(b_expand=torch.randn(1, 8)), ValueError, "b_expand must have shape"),
-    (_bad(b_expand=torch.ones(8, dtype=torch.int32)), TypeError, "b_expand must be floating"),
-    (_bad(w_expand="w"), TypeError, "w_expand must be a torch.Tensor"),
-])
-def test_bad_inputs_name_the_argument(args, exc, match):
-    with pytest.raises(exc, match=match):
-        channel_attention(**args)
-
-
-def test_bad_backend_is_named():
-    with pytest.raises(ValueError, match="backend must be one of"):
-        channel_attention(**_bad(), backend="cuda-graphs")
+# The bad-input table of the public function: tests/test_bad_inputs.py.
 
 
 @needs_cpp

@@ -132,3 +132,24 @@ def test_pools_propagate_nan_like_the_cpu_kernels(layout):
     assert mx[0, 1].isnan() and idx[0, 1] == 9 * 31 + 4  # the earliest of the three NaNs: (t, h, w) = (0, 9, 4)
     _, argmax = ops.ra_pool(y, scale)
     assert argmax[1, 0, 0, 0] == 0 and argmax[1, 1, 2, 3] == 17
+
+
+def test_ra_attend_relu_keeps_nan_like_the_cpu_kernel():
+    """relu(NaN) is NaN (torch.relu, the CPU kernel): a NaN in y reaches out, at the same elements."""
+    y, shortcut = torch.randn(1, 6, 2, 5, 7), torch.randn(1, 6, 2, 5, 7)
+    y[0, 3, 1, 2, 4] = float("nan")
+    scale = torch.rand(1, 6) + 0.5
+    w = torch.randn(1, 2, 3, 3, 3)
+    pooled, _ = ops.ra_pool(y, scale)
+    expected = ops.ra_attend(y, shortcut, scale, pooled, w, None)
+    assert expected[0].isnan().any()
+    assert_same(expected, kernel(ops.ra_attend)(*to_device(y, shortcut, scale, pooled, w, None)), torch.float32,
+                name="ra_attend")
+
+
+def test_st_attention_refuses_float64_by_name():
+    x, w = to_device(torch.randn(1, 3, 2, 3, 3, dtype=torch.float64), torch.randn(1, 2, 3, 3, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"st_attention_fwd \(CUDA\): x must be float32, float16 or bfloat16, "
+                                           r"got Double \(the CUDA st_attention kernels compute in float32; "
+                                           r"float64 runs on backend 'cpp' or 'eager'\)"):
+        kernel(ops.st_attention_fwd)(x, w, None)

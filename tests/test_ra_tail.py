@@ -263,32 +263,7 @@ def test_block_tail_equals_fused_op():
         torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-9)
 
 
-def _bad(**changes):
-    args = dict(zip(NAMES, make_args((1, 8, 2, 3, 3), 4, 3)))
-    args.update(changes)
-    return args
-
-
-@pytest.mark.parametrize("args,exc,match", [
-    (_bad(y=torch.randn(8, 2, 3, 3)), ValueError, "y must be 5-D"),
-    (_bad(shortcut=torch.randn(1, 8, 2, 3, 4)), ValueError, "shortcut shape"),
-    (_bad(shortcut=torch.randn(1, 8, 2, 3, 3, dtype=torch.float64)), TypeError, "shortcut dtype"),
-    (_bad(shortcut=None), TypeError, "shortcut must be a torch.Tensor"),
-    (_bad(w_reduce=torch.randn(2, 9)), ValueError, "w_reduce must have shape"),
-    (_bad(b_expand=torch.randn(3)), ValueError, "b_expand must have shape"),
-    (_bad(st_weight=torch.randn(1, 2, 4, 4, 4)), ValueError, "st_weight must have shape"),
-    (_bad(st_weight=torch.randn(1, 1, 3, 3, 3)), ValueError, "st_weight must have shape"),
-    (_bad(st_bias=torch.randn(2)), ValueError, "st_bias must have shape"),
-    (_bad(st_bias=torch.ones(1, dtype=torch.int64)), TypeError, "st_bias must be floating"),
-])
-def test_bad_inputs_name_the_argument(args, exc, match):
-    with pytest.raises(exc, match=match):
-        ra_tail(*args.values())
-
-
-def test_bad_backend_is_named():
-    with pytest.raises(ValueError, match="ra_tail: backend must be one of"):
-        ra_tail(*_bad().values(), backend="fast")
+# The bad-input table of the public function: tests/test_bad_inputs.py.
 
 
 @needs_cpp

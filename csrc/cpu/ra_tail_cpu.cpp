@@ -20,6 +20,7 @@
 
 #include "channel_attention.h"
 #include "isa.h"
+#include "meranet_fast.h"
 #include "pooled_attention_cpu.h"
 #include "ra_tail.h"
 
@@ -63,7 +64,7 @@ void ra_pool_kernel(const scalar_t* y, const at::opmath_type<scalar_t>* scale, G
 
 // ---------------------------------------------------------------------------------------------
 // ra_attend (after A = sigmoid(conv(P) + b), csrc/cpu/pooled_attention_cpu.h):
-// out = relu(y * scale * A + shortcut)
+// out = relu(y * scale * A + shortcut); relu(NaN) = NaN like torch.relu (z < 0 ? 0 : z).
 // ---------------------------------------------------------------------------------------------
 template <typename scalar_t, bool CL>
 void ra_attend_kernel(const scalar_t* y, const scalar_t* sc, const at::opmath_type<scalar_t>* scale,
@@ -81,7 +82,7 @@ void ra_attend_kernel(const scalar_t* y, const scalar_t* sc, const at::opmath_ty
 #pragma omp simd
         for (int64_t s = 0; s < S; ++s) {
           const acc_t z = static_cast<acc_t>(yr[s]) * av * A[s] + static_cast<acc_t>(sr[s]);
-          orow[s] = static_cast<scalar_t>(z > acc_t(0) ? z : acc_t(0));
+          orow[s] = static_cast<scalar_t>(z < acc_t(0) ? acc_t(0) : z);
         }
       }
     });
@@ -99,7 +100,7 @@ void ra_attend_kernel(const scalar_t* y, const scalar_t* sc, const at::opmath_ty
         const acc_t As = A[s];
         for (int64_t c = 0; c < C; ++c) {
           const acc_t z = static_cast<acc_t>(y[off + c]) * a[c] * As + static_cast<acc_t>(sc[off + c]);
-          out[off + c] = static_cast<scalar_t>(z > acc_t(0) ? z : acc_t(0));
+          out[off + c] = static_cast<scalar_t>(z < acc_t(0) ? acc_t(0) : z);
         }
       }
     }
@@ -151,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor> ra_pool_cpu(const at::Tensor& y_in, const at:
   auto pooled = at::empty({g.N, 2, g.T, g.H, g.W}, y.options().dtype(acc));
   auto argmax = at::empty({g.N, g.T, g.H, g.W}, y.options().dtype(at::kInt));
   if (y.numel() == 0) return {pooled, argmax};
-  TORCH_CHECK(g.C <= std::numeric_limits<int32_t>::max(), op, ": y has too many channels for an int32 argmax");
+  check_argmax_channels(op, "y", g.C);
   const auto a = scale.contiguous();
   const bool cl = fmt == at::MemoryFormat::ChannelsLast3d;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "ra_pool", [&] {

@@ -19,10 +19,9 @@
 // stride 1 (vectorised); anything else (sliced inputs, expanded gradients) takes the same loops
 // with runtime strides.
 //
-// Accumulation: float for float / bfloat16 / float16, double for float64. The forward is computed
-// in the accumulation type throughout; the saved attn / pooled maps are float32 (op contract), so the
-// float64 backward accumulates in double but starts from float32-rounded attn / pooled (its relative
-// accuracy is ~1e-7, ample for gradcheck; recomputing them would need the bias in the bwd schema).
+// Accumulation: float for float / bfloat16 / float16, double for float64, in the forward and the
+// backward; the saved attn / pooled maps are in that accumulation type too (docs/design.md §5), so a
+// float64 call is float64 end to end.
 //
 // Determinism: every position is computed by one thread in a fixed order; the grad_weight / grad_bias
 // reductions are partial sums over a fixed chunking of the rows (independent of the thread count),
@@ -218,10 +217,6 @@ at::Tensor empty_like_layout(const at::Tensor& x) {
                    cl ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous);
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 Geometry geometry(const at::Tensor& x, const at::Tensor& weight) {
   Geometry g;
   g.N = x.size(0);
@@ -324,14 +319,13 @@ StAttentionForward st_attention_fwd_cpu(const at::Tensor& x, const at::Tensor& w
   check_st_attention_forward_inputs(x, weight, bias);
   const int64_t N = x.size(0), T = x.size(2), H = x.size(3), W = x.size(4);
   at::Tensor out = empty_like_layout(x);
-  const auto f32 = x.options().dtype(at::kFloat);
+  // Pooled maps and attention in the accumulation type (float64 for float64 x), saved as they are.
+  const auto small = x.options().dtype(acc_scalar_type(x.scalar_type()));
   at::Tensor argmax = at::empty({N, T, H, W}, x.options().dtype(at::kInt));
+  at::Tensor pooled = at::empty({N, 2, T, H, W}, small);
   if (x.numel() == 0) {
-    return {out, at::empty({N, 1, T, H, W}, f32), at::empty({N, 2, T, H, W}, f32), argmax};
+    return {out, at::empty({N, 1, T, H, W}, small), pooled, argmax};
   }
-  // Pooled maps and attention in the accumulation type (float64 for float64 x); saved as float32.
-  const at::ScalarType acc = acc_dtype(x.scalar_type());
-  at::Tensor pooled = at::empty({N, 2, T, H, W}, x.options().dtype(acc));
   at::Tensor attn;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "st_attention_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -346,7 +340,7 @@ StAttentionForward st_attention_fwd_cpu(const at::Tensor& x, const at::Tensor& w
       });
     });
   });
-  return {out, in_dtype(attn, at::kFloat), in_dtype(pooled, at::kFloat), argmax};
+  return {out, attn, pooled, argmax};
 }
 
 StAttentionBackward st_attention_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x,
@@ -358,11 +352,10 @@ StAttentionBackward st_attention_bwd_cpu(const at::Tensor& grad_out, const at::T
     return {grad_x, at::zeros(weight.sizes(), weight.options()), at::zeros({1}, weight.options())};
   }
   const int64_t N = x.size(0), C = x.size(1), S = x.size(2) * x.size(3) * x.size(4);
-  const at::ScalarType acc = acc_dtype(x.scalar_type());
+  const at::ScalarType acc = acc_scalar_type(x.scalar_type());
   const at::Tensor argmax = argmax_in.contiguous();
-  // Saved maps in the accumulation type (float64: widened copies of the float32 maps).
-  const at::Tensor attn = in_dtype(attn_in, acc).contiguous();
-  const at::Tensor pooled = in_dtype(pooled_in, acc).contiguous();
+  const at::Tensor attn = attn_in.contiguous();  // saved in the accumulation type (checked)
+  const at::Tensor pooled = pooled_in.contiguous();
   at::Tensor grad_attn = at::empty({N, S}, x.options().dtype(acc));
   at::Tensor grad_pooled, grad_weight, grad_bias;
 

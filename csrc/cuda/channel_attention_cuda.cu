@@ -204,7 +204,8 @@ void reduce_positions(const at::Tensor& a, const at::Tensor& b, StaMaps<at::opma
   const int64_t chunks = num_chunks(S);
   const int64_t rows = cl ? N * ceil_div(C, kClLanes) : N * C;
   TORCH_CHECK(rows <= INT_MAX && chunks <= 65535, "channel attention (CUDA): tensor too large (", rows,
-              " rows x ", chunks, " chunks of positions)");
+              " rows x ", chunks, " chunks of ", kChunkLen, " positions): the grid allows at most 2^31 - 1 rows "
+              "and 65535 chunks, i.e. T*H*W <= ", 65535 * kChunkLen, " positions per sample");
   const auto opts = a.options().dtype(out_sum.scalar_type()).memory_format(at::MemoryFormat::Contiguous);
   at::Tensor psum = at::empty({N * chunks * C}, opts);
   at::Tensor pmax = kMax ? at::empty({N * chunks * C}, opts) : at::Tensor();

@@ -44,6 +44,7 @@
 
 #include "channel_attention.h"
 #include "cuda/common.cuh"
+#include "meranet_fast.h"
 #include "ra_tail.h"
 
 namespace meranet {
@@ -257,7 +258,7 @@ __global__ void attend_out_kernel(const scalar_t* __restrict__ y, const scalar_t
     int64_t n, c, s;
     elem_coords<CL>(i, C, S, n, c, s);
     const acc_t z = static_cast<acc_t>(y[i]) * scale[n * C + c] * attn[n * S + s] + static_cast<acc_t>(sc[i]);
-    out[i] = static_cast<scalar_t>(z > acc_t(0) ? z : acc_t(0));
+    out[i] = static_cast<scalar_t>(z < acc_t(0) ? acc_t(0) : z);  // relu(NaN) = NaN, like torch.relu
   }
 }
 
@@ -379,7 +380,7 @@ std::tuple<at::Tensor, at::Tensor> ra_pool_cuda(const at::Tensor& y_in, const at
   auto pooled = at::empty({N, 2, T, H, W}, small);
   auto argmax = at::empty({N, T, H, W}, small.dtype(at::kInt));
   if (y.numel() == 0) return {pooled, argmax};
-  TORCH_CHECK(C <= std::numeric_limits<int32_t>::max(), op, ": y has too many channels for an int32 argmax");
+  check_argmax_channels(op, "y", C);
   const auto a = scale.contiguous();
   const bool cl = fmt == at::MemoryFormat::ChannelsLast3d;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

@@ -39,8 +39,9 @@
 //   out / gx are allocated contiguous, or channels_last_3d when x is channels_last_3d (and not also
 //   contiguous); any other x layout gets contiguous out / gx (the documented generic path).
 //
-// dtypes: float32, float16, bfloat16 (all arithmetic in fp32). float64 is rejected with a clear
-// error: the saved P / A are float32 by contract, so a float64 path would not be float64-accurate.
+// dtypes: float32, float16, bfloat16 (all arithmetic in fp32; the saved P / A are float32, their
+// accumulation type: docs/design.md §5). float64 is rejected with a clear error: these kernels are
+// float-only, and float64 must stay float64 end to end (it runs on the CPU kernels or eager).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -1003,7 +1004,7 @@ void check_cuda_dtype(const char* op, const at::Tensor& x) {
   const at::ScalarType st = x.scalar_type();
   TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, op,
               " (CUDA): x must be float32, float16 or bfloat16, got ", st,
-              " (float64 is not supported by the CUDA kernels: the saved maps are float32)");
+              " (the CUDA st_attention kernels compute in float32; float64 runs on backend 'cpp' or 'eager')");
 }
 
 // Calls f(std::integral_constant<int, V>{}, std::bool_constant<CL>{}) for the vector width and the
@@ -1187,8 +1188,7 @@ StAttentionForward st_attention_fwd_cuda(const at::Tensor& x, const at::Tensor& 
   const at::cuda::OptionalCUDAGuard device_guard(at::device_of(x));
 
   const Shape sh = shape_of(x);
-  TORCH_CHECK(sh.C <= INT_MAX, "st_attention_fwd (CUDA): x has too many channels for an int32 argmax (",
-              sh.C, ")");
+  // C fits the int32 argmax: check_st_attention_forward_inputs.
   const at::MemoryFormat mf = output_format(x);
   const bool cl = mf == at::MemoryFormat::ChannelsLast3d;
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(mf));

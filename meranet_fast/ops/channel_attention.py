@@ -43,7 +43,8 @@ from __future__ import annotations
 import torch
 
 from meranet_fast import _extension
-from meranet_fast.ops.st_attention import AUTO_ORDER, backend_status
+from meranet_fast.ops._checks import acc_dtype
+from meranet_fast.ops.st_attention import auto_backend, resolve_backend as st_resolve_backend
 from meranet_fast.ops.reference import channel_attention_reference
 
 __all__ = [
@@ -65,11 +66,6 @@ BACKENDS = ("auto", "eager", "cpp", "cuda", "triton")
 # --------------------------------------------------------------------------------------------
 # Helpers shared with meranet_fast/ops/ra_tail.py (and the Triton kernels)
 # --------------------------------------------------------------------------------------------
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype of the small maps and of the [N, C] network: float64 for float64, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def dense_format(x: torch.Tensor) -> torch.memory_format:
     """The layout the kernels run in and write: channels_last_3d when x is in it, else contiguous
     (the Python mirror of ``meranet::dense_format`` in csrc/cpu/channel_attention_cpu.cpp)."""
@@ -78,32 +74,23 @@ def dense_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def resolve_backend(backend: str, device: torch.device, op: str) -> str:
-    """The concrete backend (``"eager"``, ``"cpp"``, ``"cuda"`` or ``"triton"``) for tensors on ``device``.
+def resolve_backend(backend: str, device: torch.device, op: str, dtype: torch.dtype | None = None) -> str:
+    """The concrete backend (``"eager"``, ``"cpp"``, ``"cuda"`` or ``"triton"``) for ``op`` on tensors of
+    ``dtype`` on ``device``.
 
-    Whether a compiled or Triton backend can run is asked of the spatio-temporal attention op layer
-    (``st_attention.backend_status``), so every fused op answers the same way.
+    Asked of the spatio-temporal attention op layer (``st_attention.resolve_backend``, without its
+    ``$MERANET_ST_ATTENTION_BACKEND`` override), so every fused op answers the same way.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        for candidate in AUTO_ORDER.get(device.type, ()):
-            if backend_status(candidate, device)[0]:
-                return candidate
-        return "eager"
-    if backend == "eager":
-        return backend
-    ok, why = backend_status(backend, device)
-    if not ok:
-        raise RuntimeError(f"{op}: backend {backend!r} is not available: {why}")
-    return backend
+        return auto_backend(device, dtype, op)  # $MERANET_ST_ATTENTION_BACKEND is st_attention's alone
+    return st_resolve_backend(backend, device, dtype, op)
 
 
-def composed_backend(backend: str, device: torch.device, op: str) -> str:
+def composed_backend(backend: str, device: torch.device, op: str, dtype: torch.dtype | None = None) -> str:
     """:func:`resolve_backend` for the operators composed in C++ (``channel_attention``, ``ra_tail``):
     every backend but ``"eager"`` needs ``meranet_fast._C``, which holds the composition and its
     autograd; for ``"triton"`` the Triton kernel-level ops were registered by ``backend_status``."""
-    resolved = resolve_backend(backend, device, op)
+    resolved = resolve_backend(backend, device, op, dtype)
     if resolved == "eager":
         return resolved
     if not _extension.is_loaded():
@@ -221,7 +208,7 @@ def channel_attention_with_map(y, w_reduce, b_reduce, w_expand, b_expand, *, bac
     """
     op = "channel_attention"
     check_channel_attention_inputs(op, y, w_reduce, b_reduce, w_expand, b_expand)
-    resolved = composed_backend(backend, y.device, op)
+    resolved = composed_backend(backend, y.device, op, y.dtype)
     if resolved == "eager":
         return channel_attention_reference(y, w_reduce, b_reduce, w_expand, b_expand)
     out, a, _, _, _ = torch.ops.meranet.channel_attention(y, w_reduce, b_reduce, w_expand, b_expand, resolved)

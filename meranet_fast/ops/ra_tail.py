@@ -42,7 +42,7 @@ from meranet_fast.ops.channel_attention import (
     dense_format,
     fake_channel_attention_backward,
 )
-from meranet_fast.ops._checks import KERNEL_SIZES as ST_KERNEL_SIZES
+from meranet_fast.ops._checks import KERNEL_SIZES as ST_KERNEL_SIZES, check_argmax_channels
 from meranet_fast.ops.reference import ra_tail_reference
 
 __all__ = ["ra_tail", "check_ra_tail_inputs", "ST_KERNEL_SIZES"]
@@ -52,6 +52,7 @@ __all__ = ["ra_tail", "check_ra_tail_inputs", "ST_KERNEL_SIZES"]
 def check_ra_tail_inputs(op, y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias) -> None:
     """Raise TypeError / ValueError naming the offending argument."""
     check_channel_attention_inputs(op, y, w_reduce, b_reduce, w_expand, b_expand)
+    check_argmax_channels(op, "y", y.shape[1])
     if not isinstance(shortcut, torch.Tensor):
         raise TypeError(f"{op}: shortcut must be a torch.Tensor, got {type(shortcut).__name__}")
     if shortcut.shape != y.shape:
@@ -140,7 +141,7 @@ def ra_tail(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_b
     """
     op = "ra_tail"
     check_ra_tail_inputs(op, y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias)
-    resolved = composed_backend(backend, y.device, op)
+    resolved = composed_backend(backend, y.device, op, y.dtype)
     if resolved == "eager":
         return ra_tail_reference(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias)
     return torch.ops.meranet.ra_tail(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias,

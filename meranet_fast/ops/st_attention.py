@@ -25,9 +25,13 @@ Semantics shared by the fused backends:
 * Autocast-neutral: the result has ``x``'s dtype whatever autocast says. Under autocast the public
   functions cast ``weight`` / ``bias`` to ``x.dtype`` (so float32 parameters work with bfloat16
   activations, and their gradients flow back to float32); outside autocast the dtypes must match.
-* Accumulation in float32 (float64 for float64 inputs); the output keeps ``x``'s memory format
+* Accumulation in float32 (float64 for float64 inputs, whose saved maps are float64 too; the
+  ``"cuda"`` and ``"triton"`` kernels refuse float64, and ``"auto"`` skips them for it: see
+  ``_checks.NO_FLOAT64``); the output keeps ``x``'s memory format
   (channels_last_3d stays channels_last_3d; other layouts give a contiguous result).
 * The backward is deterministic (fixed-order reductions): two runs are bit-identical.
+* Meta tensors: every backend but ``"eager"`` runs its fake kernels (shapes and dtypes only), and
+  ``"auto"`` picks ``"cpp"`` for them (``"eager"`` without the extension).
 * ``st_attention_with_map`` returns the attention map detached from the graph for the fused
   backends (it is a by-product, e.g. for saliency); the eager backend's map is differentiable.
 """
@@ -38,7 +42,7 @@ import os
 import torch
 
 from meranet_fast import _extension
-from meranet_fast.ops._checks import KERNEL_SIZES, check_st_attention_inputs
+from meranet_fast.ops._checks import KERNEL_SIZES, acc_dtype, backend_dtype_status, check_st_attention_inputs
 from meranet_fast.ops.reference import st_attention_reference
 
 __all__ = [
@@ -51,6 +55,7 @@ __all__ = [
     "available_backends",
     "backend_status",
     "resolve_backend",
+    "auto_backend",
     "check_st_attention_inputs",
 ]
 
@@ -60,7 +65,8 @@ ENV_BACKEND = "MERANET_ST_ATTENTION_BACKEND"
 #: What "auto" tries, in order, per device type (every fused op follows it). On CUDA, Triton comes
 #: first because its kernels are verified in CI (under the interpreter) while the CUDA C++ kernels have
 #: only been compiled so far; revisit with the measurements of benchmarks/gpu_check.sh.
-AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("triton", "cuda")}
+#: Meta tensors (shapes and dtypes only) go to the C++ operators' fake kernels.
+AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("triton", "cuda"), "meta": ("cpp",)}
 
 # Decided once at import: the public functions are traced by torch.compile, which must not call
 # into the extension (build_info returns a string) while tracing.
@@ -115,8 +121,8 @@ if _CPP_LOADED:
         n, _, t, h, w = x.shape
         return (
             _empty_like_layout(x),
-            x.new_empty((n, 1, t, h, w), dtype=torch.float32),
-            x.new_empty((n, 2, t, h, w), dtype=torch.float32),
+            x.new_empty((n, 1, t, h, w), dtype=acc_dtype(x.dtype)),
+            x.new_empty((n, 2, t, h, w), dtype=acc_dtype(x.dtype)),
             x.new_empty((n, t, h, w), dtype=torch.int32),
         )
 
@@ -147,6 +153,8 @@ def _triton_status(device: torch.device) -> tuple[bool, str]:
         if torch.cuda.is_available():
             return True, "triton on a CUDA device"
         return False, "x is on CUDA but no CUDA device is available"
+    if device.type == "meta":
+        return True, "the Triton operators' fake kernels (meta tensors: shapes and dtypes only)"
     if device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") == "1":
             return True, "triton CPU interpreter (TRITON_INTERPRET=1)"
@@ -159,6 +167,10 @@ def backend_status(backend: str, device: torch.device | str) -> tuple[bool, str]
     device = torch.device(device)
     if backend == "eager":
         return True, "plain PyTorch ops"
+    if backend in ("cpp", "cuda") and device.type == "meta":
+        if not _CPP_LOADED:
+            return False, f"meranet_fast._C is not available ({_extension.LOAD_ERROR}); {_extension.BUILD_HINT}"
+        return True, "the C++ operators' fake kernels (meta tensors: shapes and dtypes only)"
     if backend == "cpp":
         if not _CPP_LOADED:
             return False, f"meranet_fast._C is not available ({_extension.LOAD_ERROR}); {_extension.BUILD_HINT}"
@@ -186,10 +198,24 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [b for b in BACKENDS[1:] if backend_status(b, device)[0]]
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The concrete backend ``backend`` means for tensors on ``device``; RuntimeError if it cannot run."""
+def auto_backend(device: torch.device, dtype: torch.dtype | None = None, op: str = "st_attention") -> str:
+    """What ``"auto"`` means for ``op`` on ``device`` (without the environment override): the first of
+    ``AUTO_ORDER`` that can run there and takes ``dtype``; ``"eager"`` when none can."""
+    for candidate in AUTO_ORDER.get(device.type, ()):
+        if backend_status(candidate, device)[0] and backend_dtype_status(op, candidate, dtype)[0]:
+            return candidate
+    return "eager"
+
+
+def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype | None = None,
+                    op: str = "st_attention") -> str:
+    """The concrete backend ``backend`` means for ``op`` on tensors of ``dtype`` on ``device``.
+
+    ``"auto"`` skips the backends that cannot run there or refuse the dtype; an explicit backend that
+    cannot run raises ``RuntimeError`` saying why, one that refuses the dtype ``TypeError``.
+    """
     if backend not in BACKENDS:
-        raise ValueError(f"st_attention: backend must be one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
     device = torch.device(device)
     if backend == "auto":
         env = os.environ.get(ENV_BACKEND, "")
@@ -198,21 +224,27 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
                 raise ValueError(f"st_attention: ${ENV_BACKEND} must be one of {BACKENDS}, got {env!r}")
             backend = env
         else:
-            for candidate in AUTO_ORDER.get(device.type, ()):
-                if backend_status(candidate, device)[0]:
-                    return candidate
-            return "eager"
+            return auto_backend(device, dtype, op)
     ok, why = backend_status(backend, device)
     if not ok:
-        raise RuntimeError(f"st_attention: backend {backend!r} is not available: {why}")
+        raise RuntimeError(f"{op}: backend {backend!r} is not available: {why}")
+    ok, why = backend_dtype_status(op, backend, dtype)
+    if not ok:
+        raise TypeError(f"{op}: backend {backend!r} does not take {dtype} inputs: {why}")
     return backend
 
 
 # --------------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------------
+def autocast_enabled(x) -> bool:
+    """Whether autocast is on for x's device type (False for devices autocast does not know, e.g. meta)."""
+    device_type = x.device.type
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def _prepare(x, weight, bias):
-    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and autocast_enabled(x):
         # Autocast-neutral op: compute in x's dtype; parameters follow x (gradients flow back through the cast).
         if isinstance(weight, torch.Tensor) and weight.is_floating_point():
             weight = weight.to(x.dtype)
@@ -251,7 +283,7 @@ def st_attention(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         ``out`` with x's shape, dtype and (contiguous / channels_last_3d) memory format.
     """
     weight, bias = _prepare(x, weight, bias)
-    backend = resolve_backend(backend, x.device)
+    backend = resolve_backend(backend, x.device, x.dtype)
     if backend == "eager":
         return _eager(x, weight, bias)[0]
     return _fused(x, weight, bias, backend)[0]
@@ -265,7 +297,7 @@ def st_attention_with_map(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     the reference's differentiable map.
     """
     weight, bias = _prepare(x, weight, bias)
-    backend = resolve_backend(backend, x.device)
+    backend = resolve_backend(backend, x.device, x.dtype)
     if backend == "eager":
         out, attn = _eager(x, weight, bias)
         return out, attn.to(x.dtype)

@@ -109,7 +109,9 @@ def _ra_attend_kernel(y_ptr, sc_ptr, a_ptr, pooled_ptr, w_ptr, b_ptr, out_ptr, a
         y = tl.load(y_ptr + off, mask=mask, other=0.0).to(tl.float32)
         r = tl.load(sc_ptr + off, mask=mask, other=0.0).to(tl.float32)
         z = y * a[:, None] * attn[None, :] + r
-        tl.store(out_ptr + off, tl.maximum(z, 0.0).to(out_ptr.dtype.element_ty), mask=mask)
+        # relu that keeps NaN, like torch.relu and the C++ kernels
+        relu = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        tl.store(out_ptr + off, relu.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
