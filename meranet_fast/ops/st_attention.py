@@ -237,10 +237,16 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
 # --------------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------------
+# The device types this library's kernels run on. A fixed tuple, not torch.amp.is_autocast_available:
+# torch 2.11's dynamo cannot trace that (fullgraph compile breaks), and is_autocast_enabled raises for
+# device types autocast does not know (meta).
+_AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+
+
 def autocast_enabled(x) -> bool:
-    """Whether autocast is on for x's device type (False for devices autocast does not know, e.g. meta)."""
+    """Whether autocast is on for x's device type (False for other devices, e.g. meta)."""
     device_type = x.device.type
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    return device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type)
 
 
 def _prepare(x, weight, bias):
