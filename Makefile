@@ -2,6 +2,7 @@
 #   make demo    the main job on the embedded synthetic data
 #   make test    build everything, then the full CPU test suite (Triton kernels under TRITON_INTERPRET=1)
 #   make build   (re)compile the extension in place (incremental)
+#   make lint    ruff over the tree (part of `make test`)
 #   make test-sanitize  the C++ CPU kernels under AddressSanitizer + UBSan (part of `make test`)
 #   make bench   CPU benchmarks of the fused operators against eager PyTorch and torch.compile
 #   make test-cuda-emu   the CUDA kernels on the CPU: emulated build of csrc/cuda, CUDA tests in two thread orders
@@ -22,7 +23,7 @@ MERANET_FORCE_CUDA ?= 1
 export MERANET_FORCE_CUDA
 endif
 
-.PHONY: venv build test test-fast test-sanitize demo bench flops clean test-cuda-emu cuda-resources test-compat compat-build gpu-rehearsal
+.PHONY: venv build lint test test-fast test-sanitize demo bench flops clean test-cuda-emu cuda-resources test-compat compat-build gpu-rehearsal
 .DEFAULT_GOAL := test
 
 $(BIN)/python:
@@ -47,7 +48,7 @@ build: venv
 
 # MERANET_REQUIRE_OPTIONAL=1: tests/conftest.py fails the run if fvcore, openpyxl or matplotlib is missing,
 # so no optional-dependency test skips here (they skip only in the compat venv, which lacks two of them).
-test: build
+test: lint build
 	MERANET_REQUIRE_OPTIONAL=1 TRITON_INTERPRET=1 $(BIN)/python -m pytest tests
 	$(MAKE) --no-print-directory test-sanitize test-cuda-emu test-compat gpu-rehearsal
 
@@ -65,6 +66,10 @@ cuda-resources: venv
 # alone) and the CPU op and kernel tests run against them; any report fails (README "Sanitizers").
 test-sanitize: venv
 	PYTHON=$(BIN)/python bash tests/run_sanitized.sh
+
+# ruff (configured in pyproject.toml) over the whole tree: first in `make test`, it takes a second.
+lint: venv
+	$(BIN)/ruff check .
 
 test-fast: build
 	$(BIN)/python -m pytest -m "not slow and not triton" tests

@@ -44,7 +44,8 @@ def fused_backends(device: torch.device) -> tuple[dict, dict]:
     if device.type != "cuda":
         skipped["cuda"] = "needs --device cuda"
     elif not _extension.cuda_compiled():
-        skipped["cuda"] = f"the CUDA build of meranet_fast._C is not loaded ({_extension.LOAD_ERROR or 'CPU-only build'})"
+        why = _extension.LOAD_ERROR or "CPU-only build"
+        skipped["cuda"] = f"the CUDA build of meranet_fast._C is not loaded ({why})"
     else:
         ops["cuda"] = (torch.ops.meranet.st_attention_fwd, torch.ops.meranet.st_attention_bwd)
     return ops, skipped

@@ -78,13 +78,14 @@ def cmd_summary(steps_file: str, work: str, out: str) -> int:
         t = r.get("tests")
         tests = f"{t['passed']} / {t['failures']} / {t['errors']} / {t['skipped']}" if t else ""
         print(f"{r['step']:24s} {r['status']:10s} {r['seconds']:5d}  {tests}")
-    print(f"gpu_check: {'every step passed' if ok else 'FAILED: ' + ', '.join(r['step'] for r in rows if r['status'] != 'ok')}")
+    failed = ", ".join(r["step"] for r in rows if r["status"] != "ok")
+    print(f"gpu_check: {'every step passed' if ok else 'FAILED: ' + failed}")
     return 0 if ok else 1
 
 
 def cmd_outputs(out: str) -> int:
     files, problems = [], []
-    for dirpath, dirnames, filenames in os.walk(out):
+    for dirpath, _dirnames, filenames in os.walk(out):
         depth = os.path.relpath(dirpath, out).count(os.sep) + (dirpath != out)
         for name in filenames:
             path = os.path.join(dirpath, name)
@@ -104,7 +105,8 @@ def cmd_outputs(out: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"collected": (cmd_collected, (1, 2)), "summary": (cmd_summary, (3, 3)), "outputs": (cmd_outputs, (1, 1))}
+    commands = {"collected": (cmd_collected, (1, 2)), "summary": (cmd_summary, (3, 3)),
+                "outputs": (cmd_outputs, (1, 1))}
     if not argv or argv[0] not in commands or not commands[argv[0]][1][0] <= len(argv) - 1 <= commands[argv[0]][1][1]:
         print(__doc__, file=sys.stderr)
         return 2

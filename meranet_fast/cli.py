@@ -14,8 +14,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("meranet_fast.analysis.cli", "parameter and FLOP report: 3D ResNet vs MERANet (fvcore)"),
     "bench": ("meranet_fast.benchmark.cli", "benchmarks: fused ops vs eager and torch.compile, or whole models"),
-    "train": ("meranet_fast.train.cli_train", "train MERANet / 3D ResNet (paper recipe; --preset demo for a quick run)"),
-    "eval": ("meranet_fast.train.cli_eval", "evaluate a checkpoint on its test/validation split (metrics, confusion matrix)"),
+    "train": ("meranet_fast.train.cli_train",
+              "train MERANet / 3D ResNet (paper recipe; --preset demo for a quick run)"),
+    "eval": ("meranet_fast.train.cli_eval",
+             "evaluate a checkpoint on its test/validation split (metrics, confusion matrix)"),
     "predict": ("meranet_fast.explain.cli_predict", "class probabilities for a folder of frames or a video"),
     "saliency": ("meranet_fast.explain.cli_saliency", "Grad-CAM and spatio-temporal attention maps of a clip, as PNG"),
     "synth": ("meranet_fast.data.cli_synth", "write the synthetic micro-expression set as a CASME II-style folder"),

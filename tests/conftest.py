@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from meranet_fast import _extension
 from meranet_fast._optional import OPTIONAL, available
+
+#: Skip marker of the tests that need the compiled extension meranet_fast._C (the reason: why it did not load).
+#: Test modules import it (`from conftest import needs_cpp`); the Triton tests use the triton_device fixture.
+needs_cpp = pytest.mark.skipif(not _extension.is_loaded(), reason=f"meranet_fast._C not built: {_extension.LOAD_ERROR}")
 
 
 def pytest_configure(config):
@@ -48,7 +53,8 @@ def triton_device():
 # examples every run (derandomized) within a bounded budget; HYPOTHESIS_PROFILE=long explores many more,
 # with random seeds, keeping failures in .hypothesis/ to replay them.
 try:
-    from hypothesis import HealthCheck, settings as _hypothesis_settings
+    from hypothesis import HealthCheck
+    from hypothesis import settings as _hypothesis_settings
 except ImportError:  # a dev dependency; test_properties.py skips with the reason without it
     pass
 else:

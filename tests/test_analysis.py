@@ -10,11 +10,11 @@ import meranet_fast.analysis.flops as flops
 from meranet_fast.analysis import (
     FLOP_HANDLES,
     STAGES,
+    channel_attention_flops,
     compare_models,
     flop_count_analysis,
-    model_stats,
-    channel_attention_flops,
     linear_flops,
+    model_stats,
     ra_tail_flops,
     register_flop_handle,
     st_attention_flops,

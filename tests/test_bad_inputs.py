@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import needs_cpp
 
-from meranet_fast import _extension
 from meranet_fast.ops import channel_attention, ra_tail, st_attention
 from meranet_fast.ops._checks import MAX_ARGMAX_CHANNELS, backend_dtype_status
-from meranet_fast.ops.st_attention import backend_status
+from meranet_fast.ops.backends import backend_status
 
-CPP = pytest.mark.skipif(not _extension.is_loaded(), reason=f"meranet_fast._C not built: {_extension.LOAD_ERROR}")
 # Every row runs on these backends; the checks come first, so the error is the same on each.
-BACKENDS = ["eager", pytest.param("cpp", marks=CPP), "auto"]
+BACKENDS = ["eager", pytest.param("cpp", marks=needs_cpp), "auto"]
 
 HUGE_C = MAX_ARGMAX_CHANNELS + 1  # one channel more than the int32 channel argmax can index
 
@@ -122,7 +121,8 @@ CHANNEL_ATTENTION_BAD = {
                       r"channel_attention: y must have at least one channel, got shape \(1, 0, 2, 3, 3\)"),
     "y_no_positions": (dict(y=lambda: torch.randn(1, 8, 0, 3, 3)), ValueError,
                        r"channel_attention: y must have T\*H\*W >= 1 to pool over, got shape \(1, 8, 0, 3, 3\)"),
-    "w_reduce_not_tensor": (dict(w_reduce="w"), TypeError, r"channel_attention: w_reduce must be a torch.Tensor, got str"),
+    "w_reduce_not_tensor": (dict(w_reduce="w"), TypeError,
+                            r"channel_attention: w_reduce must be a torch.Tensor, got str"),
     "w_reduce_conv_weight": (dict(w_reduce=lambda: torch.randn(2, 8, 1, 1, 1)), ValueError,
                              r"channel_attention: w_reduce must be 2-D \(flatten 1x1x1 conv weights with "
                              r"\.flatten\(1\)\), got shape \(2, 8, 1, 1, 1\)"),
@@ -130,7 +130,8 @@ CHANNEL_ATTENTION_BAD = {
                          r"channel_attention: w_reduce must have shape \[C/r, C\] = \[hidden, 8\], got \(2, 7\)"),
     "w_reduce_no_hidden": (dict(w_reduce=lambda: torch.randn(0, 8), w_expand=lambda: torch.randn(8, 0)), ValueError,
                            r"w_reduce must have shape \[C/r, C\] = \[hidden, 8\], got \(0, 8\)"),
-    "w_expand_not_tensor": (dict(w_expand="w"), TypeError, r"channel_attention: w_expand must be a torch.Tensor, got str"),
+    "w_expand_not_tensor": (dict(w_expand="w"), TypeError,
+                            r"channel_attention: w_expand must be a torch.Tensor, got str"),
     "w_expand_shape": (dict(w_expand=lambda: torch.randn(8, 3)), ValueError,
                        r"channel_attention: w_expand must have shape \[C, C/r\] = \[8, 2\], got \(8, 3\)"),
     "b_reduce_shape": (dict(b_reduce=lambda: torch.randn(3)), ValueError,
@@ -210,7 +211,8 @@ RA_TAIL_BAD = {
                          r"st_weight must have shape \[1, 2, k, k, k\] with k in \(3, 5, 7\), got \(2, 3, 3\)"),
     "st_weight_int": (dict(st_weight=lambda: torch.ones(1, 2, 3, 3, 3, dtype=torch.int64)), TypeError,
                       r"ra_tail: st_weight must be floating point, got torch.int64"),
-    "st_bias_shape": (dict(st_bias=lambda: torch.randn(2)), ValueError, r"ra_tail: st_bias must have shape \[1\], got \(2,\)"),
+    "st_bias_shape": (dict(st_bias=lambda: torch.randn(2)), ValueError,
+                      r"ra_tail: st_bias must have shape \[1\], got \(2,\)"),
     "st_bias_int": (dict(st_bias=lambda: torch.ones(1, dtype=torch.int64)), TypeError,
                     r"ra_tail: st_bias must be floating point, got torch.int64"),
     "st_bias_not_tensor": (dict(st_bias=0.1), TypeError, r"ra_tail: st_bias must be a torch.Tensor or None, got float"),
@@ -299,7 +301,7 @@ def test_meta_tensors_through_every_public_op(op, backend, dtype, layout):
                 t.shape, t.dtype, "meta"), name
 
 
-@CPP
+@needs_cpp
 def test_meta_sizes_past_32_bit_indexing_are_accepted():
     """2^34 elements on meta: accepted by the C++ operators (64-bit index arithmetic), shapes only."""
     y = _meta(2, 4, 2**10, 2**11, 2**11)  # 2^35 elements
@@ -328,9 +330,10 @@ def _with_specials(t: torch.Tensor) -> torch.Tensor:
 _TRITON_OK, _TRITON_WHY = backend_status("triton", "cpu")
 # (backend, dtype, tolerance): the C++ kernels in float64, Triton (float32 only) under the interpreter.
 NAN_BACKENDS = [
-    pytest.param("cpp", torch.float64, 1e-12, marks=CPP, id="cpp"),
+    pytest.param("cpp", torch.float64, 1e-12, marks=needs_cpp, id="cpp"),
     pytest.param("triton", torch.float32, 1e-5, id="triton",
-                 marks=[pytest.mark.triton, pytest.mark.skipif(not _TRITON_OK, reason=f"triton on cpu: {_TRITON_WHY}")]),
+                 marks=[pytest.mark.triton,
+                        pytest.mark.skipif(not _TRITON_OK, reason=f"triton on cpu: {_TRITON_WHY}")]),
 ]
 
 

@@ -9,7 +9,6 @@ import torch
 from fixtures.optional import need
 
 from meranet_fast import _extension
-
 from meranet_fast.benchmark import harness, report
 from meranet_fast.benchmark.op_bench import make_pass_fn, run_op_benchmark
 from meranet_fast.benchmark.specs import REGISTRY, BackendUnavailable, get_spec, parse_shape
@@ -209,7 +208,8 @@ def test_new_spec_inputs_bytes_model_and_reference(name):
     inputs = spec.make_inputs(shape, torch.float64, torch.device("cpu"))
     assert all(t.shape == shape for t in inputs[:n_big])
     w_reduce, b_reduce, w_expand, b_expand = inputs[n_big:n_big + 4]
-    assert w_reduce.shape == (2, 40) and b_reduce.shape == (2,) and w_expand.shape == (40, 2) and b_expand.shape == (40,)
+    assert w_reduce.shape == (2, 40) and b_reduce.shape == (2,)
+    assert w_expand.shape == (40, 2) and b_expand.shape == (40,)
     if name == "ra_tail":
         assert inputs[6].shape == (1, 2, 5, 5, 5) and inputs[7].shape == (1,)
         assert not torch.equal(inputs[0], inputs[1])  # y and shortcut differ

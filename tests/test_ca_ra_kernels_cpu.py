@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import needs_cpp
 
-from meranet_fast import _extension
-
-pytestmark = pytest.mark.skipif(not _extension.is_loaded(), reason=f"meranet_fast._C not built: {_extension.LOAD_ERROR}")
+pytestmark = needs_cpp
 
 ISAS = ("default", "auto")  # MERANET_CPU_ISA=default forces the baseline x86-64 copy of the kernels
 LAYOUTS = ("contiguous", "channels_last_3d")

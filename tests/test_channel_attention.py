@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import needs_cpp
 from fixtures.devices import on_device
 
 from meranet_fast import _extension
-from meranet_fast.ops import channel_attention, channel_attention_with_map
-from meranet_fast.ops.channel_attention import resolve_backend
+from meranet_fast.ops import backends, channel_attention, channel_attention_with_map
+from meranet_fast.ops.backends import backend_status, resolve_backend
 from meranet_fast.ops.reference import channel_attention_reference
-from meranet_fast.ops.st_attention import backend_status
-
-needs_cpp = pytest.mark.skipif(not _extension.is_loaded(), reason=f"meranet_fast._C not built: {_extension.LOAD_ERROR}")
-
-
 
 LAYOUTS = ("contiguous", "channels_last_3d", "sliced")
 
@@ -281,7 +277,7 @@ def test_eager_backend_is_the_reference():
     weights = make_weights(4, 2)
     torch.testing.assert_close(channel_attention(y, *weights, backend="eager"),
                                channel_attention_reference(y, *weights)[0])
-    assert resolve_backend("auto", torch.device("cpu"), "op") == ("cpp" if _extension.is_loaded() else "eager")
+    assert resolve_backend("auto", "cpu", op="channel_attention") == ("cpp" if _extension.is_loaded() else "eager")
 
 
 @needs_cpp
@@ -305,7 +301,7 @@ def test_composed_operators_need_the_extension(op, monkeypatch):
     if op == "ra_tail":
         args = [y, torch.randn_like(y), *make_weights(8, 4), torch.randn(1, 2, 3, 3, 3), None]
         fn, ref = ra_tail, ra_tail_reference
-    monkeypatch.setattr(_extension, "_C", None)
+    monkeypatch.setattr(backends, "_CPP_LOADED", False)  # what the registry sees without _C
     monkeypatch.setattr(_extension, "LOAD_ERROR", "ImportError: test")
     torch.testing.assert_close(fn(*args, backend="auto"), ref(*args))
     # triton: where it runs CPU tensors (the interpreter)

@@ -90,8 +90,8 @@ MISUSE = [
     (1, r"kernel partial_barrier_kernel .*__syncthreads not reached by every thread of the block \(32 exited"),
     (2, r"kernel shuffle_in_partial_warp_kernel .*__shfl_down_sync with mask 0xffffffff at block \(0,0,0\) "
         r"thread \(\d+,0,0\): lane 16 has exited"),
-    (3, r"kernel lane_outside_mask_kernel .*__shfl_xor_sync with mask 0x0000ffff called by lane (1[6-9]|2\d|3[01]), which is not "
-        r"in the mask"),
+    (3, r"kernel lane_outside_mask_kernel .*__shfl_xor_sync with mask 0x0000ffff called by lane "
+        r"(1[6-9]|2\d|3[01]), which is not in the mask"),
     (4, r"kernel read_outside_mask_kernel .*__shfl_down_sync at block \(0,0,0\) thread \(8,0,0\) reads lane 16, "
         r"which is not in the mask"),
     (5, r"kernel syncwarp_lane_at_barrier_kernel .*__syncwarp with mask 0xffffffff .*lane 5 .* waits at "
@@ -104,7 +104,9 @@ MISUSE = [
     (13, r"kernel big_static_smem_kernel .*static \+ dynamic shared memory 53248 B > the limit of 49152 B"),
 ]
 MEMORY = [
-    (6, r"kernel global_off_by_one_kernel<scalar_t = float, STEP = 1> \(launched as global_off_by_one_kernel<float, 1>\): invalid memory access \(AddressSanitizer\) in block \(7,0,0\) "
+    (6, r"kernel global_off_by_one_kernel<scalar_t = float, STEP = 1> "
+        r"\(launched as global_off_by_one_kernel<float, 1>\): "
+        r"invalid memory access \(AddressSanitizer\) in block \(7,0,0\) "
         r"thread \(127,0,0\):.*heap-buffer-overflow.*READ of size 4"),
     (7, r"kernel shared_off_by_one_kernel .*invalid memory access \(AddressSanitizer\) in block \(0,0,0\) "
         r"thread \(31,0,0\):.*use-after-poison.*READ of size 4"),

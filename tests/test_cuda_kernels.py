@@ -9,7 +9,6 @@ The CUDA kernels are the real ones on a GPU, or the emulated build of the same s
 """
 import pytest
 import torch
-
 from cuda_target import SKIP_REASON, kernel, synchronize, to_device
 
 pytestmark = [
@@ -49,7 +48,7 @@ def assert_same(cpu_result, cuda_result, dtype, loose=False, name="op"):
             assert torch.equal(actual, expected), f"{name} output {i}: indices differ"
         else:
             torch.testing.assert_close(actual.double(), expected.double(), equal_nan=True,
-                                       **tolerance(dtype, loose), msg=lambda m: f"{name} output {i}: {m}")
+                                       **tolerance(dtype, loose), msg=lambda m, i=i: f"{name} output {i}: {m}")
 
 
 @pytest.mark.parametrize("k", [3, 5, 7])

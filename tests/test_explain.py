@@ -82,7 +82,7 @@ def test_gradcam_and_attention_maps_direct(trained):
     model, meta = load_trained(trained["ckpt"])
     clip = read_input(trained["folder"], meta["clip_len"], meta["size"]).clip
     cams = [grad_cam(model, clip, target=t) for t in range(3)]
-    for cam, probs, t in cams:
+    for cam, probs, _ in cams:
         assert cam.shape == (4, 64, 64) and cam.min() >= 0 and probs.sum() == pytest.approx(1.0)
         assert cam.max() == pytest.approx(1.0) or cam.max() == 0.0
     assert [t for _, _, t in cams] == [0, 1, 2]

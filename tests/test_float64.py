@@ -5,18 +5,15 @@ backends that take it, and ``"auto"`` skips them.
 """
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
+from conftest import needs_cpp
 
-from meranet_fast import _extension
-from meranet_fast.ops import channel_attention, ra_tail, st_attention
+from meranet_fast.ops import backends, channel_attention, ra_tail, st_attention
 from meranet_fast.ops._checks import NO_FLOAT64, acc_dtype
+from meranet_fast.ops.backends import auto_backend
 from meranet_fast.ops.reference import channel_attention_reference, ra_tail_reference, st_attention_reference
-from meranet_fast.ops.st_attention import auto_backend
 
-CPP = pytest.mark.skipif(not _extension.is_loaded(), reason=f"meranet_fast._C not built: {_extension.LOAD_ERROR}")
 try:
     import triton  # noqa: F401
 
@@ -68,7 +65,7 @@ def _compare(fn, ref_fn, inputs):
         assert err <= RTOL, f"gradient {i}: relative error {err:.3g} > {RTOL}"
 
 
-@CPP
+@needs_cpp
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d"])
@@ -77,7 +74,7 @@ def test_st_attention_float64_gradients(shape, k, layout):
              lambda x, w, b: st_attention_reference(x, w, b)[0], _st_inputs(shape, k, layout))
 
 
-@CPP
+@needs_cpp
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d"])
 def test_channel_attention_float64_gradients(shape, layout):
@@ -86,7 +83,7 @@ def test_channel_attention_float64_gradients(shape, layout):
              lambda *a: channel_attention_reference(*a)[0], (y, *_ca_weights(shape[1])))
 
 
-@CPP
+@needs_cpp
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d"])
 def test_ra_tail_float64_gradients(shape, layout):
@@ -97,7 +94,7 @@ def test_ra_tail_float64_gradients(shape, layout):
              (y, shortcut, *_ca_weights(shape[1]), w, b))
 
 
-@CPP
+@needs_cpp
 def test_saved_maps_are_in_the_accumulation_dtype():
     """The by-products the backward starts from: float64 for float64 inputs, float32 for the rest."""
     for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
@@ -112,7 +109,7 @@ def test_saved_maps_are_in_the_accumulation_dtype():
         assert (fake[1].dtype, fake[2].dtype) == (acc_dtype(dtype), acc_dtype(dtype))
 
 
-@CPP
+@needs_cpp
 def test_float64_backward_refuses_float32_maps():
     """The backward checks the saved maps' dtype: float32 maps with float64 x are a caller error."""
     x = torch.randn(1, 3, 2, 3, 3, dtype=torch.float64)
@@ -147,8 +144,7 @@ def test_backends_without_float64_refuse_it_by_name(op, backend):
 @pytest.mark.parametrize("op", ["st_attention", "channel_attention", "ra_tail"])
 def test_auto_skips_backends_without_float64(op, monkeypatch):
     """What "auto" picks on a CUDA device when every backend could run there: the first that takes the dtype."""
-    sta = importlib.import_module("meranet_fast.ops.st_attention")  # the module, not the function
-    monkeypatch.setattr(sta, "backend_status", lambda backend, device: (True, "assumed for the test"))
+    monkeypatch.setattr(backends, "backend_status", lambda backend, device, op: (True, "assumed for the test"))
     cuda = torch.device("cuda")
     assert auto_backend(cuda, torch.float64, op) == ("eager" if op == "st_attention" else "cuda")
     assert auto_backend(cuda, torch.float32, op) == "triton"

@@ -1,25 +1,26 @@
 """Fused MERANet (the default, ``meranet::ra_tail`` in every block) against the eager reference model.
 
-Tolerance: with the same weights, the fused model's outputs and gradients must be within 4x the error (2x in docs/design.md §6 for single ops; the
-sta bias gradient, a cancelling sum over N*T*H*W, was seen at 2.5x in meranet18 train mode)
+Tolerance: with the same weights, the fused model's outputs and gradients must be within 4x the error (2x in
+docs/design.md §6 for single ops; the sta bias gradient, a cancelling sum over N*T*H*W, was seen at 2.5x in
+meranet18 train mode)
 of the eager model run in float32, both measured against the eager model in float64 (plus 3e-4 of the
 tensor's scale: float32 reduction order), the rule of docs/design.md §6 for fused kernels applied to the whole network.
 """
 import copy
+import importlib
 
 import pytest
 import torch
 
-import importlib
 from meranet_fast import convert
 from meranet_fast.models import meranet10, meranet18, resnet3d
 from meranet_fast.nn import BasicBlock3d
-from meranet_fast.ops.channel_attention import resolve_backend
+from meranet_fast.ops import backends
+from meranet_fast.ops.backends import resolve_backend
 from meranet_fast.ops.reference import ra_tail_reference
 
 # ``meranet_fast.ops`` re-exports functions named like their modules: import the modules themselves.
 ra_tail_module = importlib.import_module("meranet_fast.ops.ra_tail")
-st_attention_ops = importlib.import_module("meranet_fast.ops.st_attention")
 
 SHAPE = (2, 3, 4, 32, 32)
 BUILDERS = {"meranet10": meranet10, "meranet18": meranet18}
@@ -89,7 +90,7 @@ def test_default_model_is_fused_and_uses_the_fused_kernels():
     assert model.impl == "fused" and len(blocks) == 4 and all(b.impl == b.sta.impl == "fused" for b in blocks)
     assert resnet3d(18, attention=True).impl == "fused"
     # On this machine the op layer runs the compiled C++ kernels (not its eager fallback).
-    assert resolve_backend("auto", torch.device("cpu"), "ra_tail") == "cpp"
+    assert resolve_backend("auto", "cpu", op="ra_tail") == "cpp"
 
 
 def test_convert_and_impl_switch_every_block():
@@ -185,10 +186,10 @@ def test_without_the_extension_the_fused_model_runs_the_eager_reference(monkeypa
     fused, eager = _pair(meranet10)
     x = torch.randn(SHAPE)
     out_e, grads_e = _run(eager, x, True)
-    monkeypatch.setattr(st_attention_ops, "_CPP_LOADED", False)  # what the op layer sees without _C
-    assert resolve_backend("auto", torch.device("cpu"), "ra_tail") == "eager"
+    monkeypatch.setattr(backends, "_CPP_LOADED", False)  # what the op layer sees without _C
+    assert resolve_backend("auto", "cpu", op="ra_tail") == "eager"
     with pytest.raises(RuntimeError, match="not available"):
-        resolve_backend("cpp", torch.device("cpu"), "ra_tail")
+        resolve_backend("cpp", "cpu", op="ra_tail")
     calls = []
 
     def counting_reference(*args):

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import needs_cpp
 
-from meranet_fast import _extension
 from meranet_fast.ops import st_attention
+from meranet_fast.ops.backends import backend_status
 from meranet_fast.ops.reference import st_attention_reference
-from meranet_fast.ops.st_attention import backend_status
 
 TRITON_OK, TRITON_WHY = backend_status("triton", "cpu")
 BACKENDS = [
-    pytest.param("cpp", marks=pytest.mark.skipif(not _extension.is_loaded(),
-                                                 reason=f"meranet_fast._C not built: {_extension.LOAD_ERROR}")),
+    pytest.param("cpp", marks=needs_cpp),
     pytest.param("triton", marks=[pytest.mark.triton,
                                   pytest.mark.skipif(not TRITON_OK, reason=f"triton on cpu: {TRITON_WHY}")]),
 ]

@@ -98,5 +98,6 @@ def test_required_optional_packages_fail_the_run_when_missing(block, monkeypatch
 
     block("openpyxl")
     monkeypatch.setenv("MERANET_REQUIRE_OPTIONAL", "1")
-    with pytest.raises(pytest.UsageError, match="MERANET_REQUIRE_OPTIONAL=1 but (.*, )?openpyxl(, .*)? cannot be found"):
+    message = "MERANET_REQUIRE_OPTIONAL=1 but (.*, )?openpyxl(, .*)? cannot be found"
+    with pytest.raises(pytest.UsageError, match=message):
         conftest.pytest_configure(None)

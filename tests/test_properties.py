@@ -17,24 +17,21 @@ line of ``BACKENDS``.
 """
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch
-
 from _tolerances import PROBE, assert_close_normwise, sensitivity
+
 from meranet_fast import _extension
-from meranet_fast.ops import channel_attention_with_map, ra_tail, st_attention_with_map
-from meranet_fast.ops.channel_attention import dense_format
+from meranet_fast.ops import backends, channel_attention_with_map, ra_tail, st_attention_with_map
+from meranet_fast.ops._layout import dense_format
 from meranet_fast.ops.reference import channel_attention_reference, ra_tail_reference, st_attention_reference
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is a dev dependency (pip install -e '.[dev]')")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-sta = importlib.import_module("meranet_fast.ops.st_attention")
 
 ALL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 #: Perturbed float64 reference runs per example that measure each result's scale (tests/_tolerances.py).
@@ -59,7 +56,7 @@ class Backend:
     def available(self) -> tuple[bool, str]:
         if self.status is not None:
             return self.status()
-        ok, why = sta.backend_status(self.name, self.device)
+        ok, why = backends.backend_status(self.name, self.device)
         if ok and not _extension.is_loaded():  # channel_attention / ra_tail are composed in _C
             return False, f"meranet_fast._C is not available ({_extension.LOAD_ERROR})"
         return ok, why

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import needs_cpp
 from fixtures.devices import on_device
 
-from meranet_fast import _extension
 from meranet_fast.ops import ra_tail
 from meranet_fast.ops.reference import ra_tail_reference
-
-needs_cpp = pytest.mark.skipif(not _extension.is_loaded(), reason=f"meranet_fast._C not built: {_extension.LOAD_ERROR}")
 
 NAMES = ("y", "shortcut", "w_reduce", "b_reduce", "w_expand", "b_expand", "st_weight", "st_bias")
 

@@ -19,8 +19,8 @@ if not (INTERPRET or ON_GPU):
     )
 pytest.importorskip("triton")
 
+from meranet_fast.ops.backends import backend_status  # noqa: E402
 from meranet_fast.ops.reference import st_attention_reference  # noqa: E402
-from meranet_fast.ops.triton import is_available  # noqa: E402
 from meranet_fast.ops.triton.st_attention import autotune_enabled, check_st_attention_inputs  # noqa: E402
 
 pytestmark = pytest.mark.triton
@@ -72,7 +72,8 @@ def assert_matches_reference(x, weight, bias, g, rtol=1e-4, atol=1e-4):
     got = fused(x, weight, bias, g)
     names = ("out", "attn", "grad_x", "grad_weight", "grad_bias")
     for name, actual, expected in zip(names, got, reference(x, weight, bias, g)):
-        torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
     return got
 
 
@@ -82,7 +83,8 @@ def assert_within_twice_eager(got, eager, exact, dtype):
     for name, f, e, ref in zip(("out", "attn", "grad_x", "grad_weight", "grad_bias"), got, eager, exact):
         fused_err = (f.double() - ref).abs().max().item()
         eager_err = (e.double() - ref).abs().max().item()
-        assert fused_err <= 2 * eager_err + torch.finfo(dtype).eps * ref.abs().max().item(), (name, fused_err, eager_err)
+        slack = torch.finfo(dtype).eps * ref.abs().max().item()
+        assert fused_err <= 2 * eager_err + slack, (name, fused_err, eager_err)
 
 
 # (N, C, T, H, W), k, bias
@@ -177,7 +179,8 @@ def test_channel_max_ties_route_gradient_to_first_index():
     for name, actual, expected in zip(
         ("out", "attn", "grad_x", "grad_weight", "grad_bias"), got, reference(x, weight, b, g, fn=_first_max_reference)
     ):
-        torch.testing.assert_close(actual.double(), expected, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(actual.double(), expected, rtol=1e-4, atol=1e-4,
+                                   msg=lambda m, name=name: f"{name}: {m}")
     # eager amax splits tied gradients evenly, so it must disagree here
     assert not torch.allclose(got[2].double(), reference(x, weight, b, g)[2], atol=1e-3)
 
@@ -237,7 +240,7 @@ def test_bad_backward_inputs_name_the_argument():
 
 
 def test_availability_and_autotune_switch(monkeypatch):
-    available, reason = is_available()
+    available, reason = backend_status("triton", DEVICE)
     assert available, reason
     assert autotune_enabled() is (not INTERPRET)
     monkeypatch.setenv("MERANET_TRITON_AUTOTUNE", "0")

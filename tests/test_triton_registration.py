@@ -5,13 +5,12 @@ breaking the package's import."""
 from __future__ import annotations
 
 import warnings
-from typing import Optional
 
 import pytest
 import torch
 
 from meranet_fast.ops import triton as triton_backend
-from meranet_fast.ops.st_attention import backend_status
+from meranet_fast.ops.backends import backend_status
 
 triton_lib = pytest.importorskip("triton", reason="triton is not installed: no Triton op to register")
 
@@ -50,7 +49,7 @@ def test_annotations_must_match_the_declared_schema():
 
 
 def test_matching_annotations_register_with_the_declared_names():
-    def scale(x: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def scale(x: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         return x * 2, x.clone()
 
     op = triton_op("meranet_registration_test::scale", "(Tensor x, Tensor? bias) -> (Tensor out, Tensor copy)")(scale)
@@ -59,7 +58,7 @@ def test_matching_annotations_register_with_the_declared_names():
 
 
 def test_a_module_that_fails_to_register_says_why_once(monkeypatch):
-    """The first failure is kept, warned about once, and given by is_available() and backend_status()."""
+    """The first failure is kept, warned about once, and given by backend_status()."""
     real_import = triton_backend.importlib.import_module
 
     def failing_import(name, *args):
@@ -75,7 +74,6 @@ def test_a_module_that_fails_to_register_says_why_once(monkeypatch):
     assert "ra_tail failed to register: ValueError: infer_schema" in error
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning
-        assert triton_backend.is_available() == (False, error)
         ok, why = backend_status("triton", torch.device("cpu"))
     assert not ok and error in why
 
@@ -90,4 +88,5 @@ def test_a_missing_triton_is_reported_without_a_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert triton_backend.load_error() == "triton cannot be imported (No module named 'triton')"
-    assert triton_backend.st_attention_error() is not None
+    ok, why = backend_status("triton", torch.device("cpu"))
+    assert not ok and "triton cannot be imported" in why

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import json
 import os
 import re
-import json
 import subprocess
 import sys
 import tempfile

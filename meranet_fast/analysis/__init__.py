@@ -5,17 +5,17 @@ from meranet_fast.analysis.flops import (
     PAPER_RESNET3D18,
     STAGES,
     ModelStats,
+    channel_attention_flops,
     compare_models,
     elementwise_flops,
     flop_count_analysis,
+    linear_flops,
     model_stats,
     overhead,
+    ra_tail_flops,
     reduction_flops,
     register_flop_handle,
     st_attention_flops,
-    linear_flops,
-    channel_attention_flops,
-    ra_tail_flops,
 )
 
 __all__ = [

@@ -34,14 +34,14 @@ def _shapes(text: str) -> list[tuple[int, ...]]:
     try:
         return [parse_shape(s) for s in _csv(text)]
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc))
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _ints(text: str) -> list[int]:
     try:
         vals = [int(v) for v in _csv(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 2,8, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected integers like 2,8, got {text!r}") from None
     if min(vals) < 1:
         raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
     return vals
@@ -51,7 +51,7 @@ def _clip(text: str) -> tuple[int, int, int]:
     try:
         t, h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--input must look like TxHxW (e.g. 16x112x112), got {text!r}")
+        raise argparse.ArgumentTypeError(f"--input must look like TxHxW (e.g. 16x112x112), got {text!r}") from None
     if min(t, h, w) < 1:
         raise argparse.ArgumentTypeError(f"--input sizes must be positive, got {text!r}")
     return t, h, w
@@ -146,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
             try:
                 REGISTRY[name].check_shape(shape)
             except ValueError as exc:
-                raise SystemExit(f"bench: {exc}")
+                raise SystemExit(f"bench: {exc}") from None
         results = run_op_benchmark(
             REGISTRY[name], shapes=args.shapes, dtype=getattr(torch, (args.dtype or ["float32"])[0]),
             device=args.device, backends=args.backends, passes=args.passes,

@@ -32,10 +32,9 @@ during profiling; attributed like the modules), the same computation for both va
 from __future__ import annotations
 
 import contextlib
-import copy
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -294,7 +293,7 @@ def run_model_benchmark(
                         m.train()
                         opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
 
-                        def step(m=m, opt=opt):
+                        def step(m=m, opt=opt, x=x, y=y, amp=amp):
                             opt.zero_grad(set_to_none=True)
                             with amp():
                                 loss = F.cross_entropy(m(x), y)
@@ -305,7 +304,7 @@ def run_model_benchmark(
                     else:
                         m.eval()
 
-                        def infer(m=m):
+                        def infer(m=m, x=x, amp=amp):
                             with torch.inference_mode(), amp():
                                 return m(x)
                         fns[v] = infer
@@ -316,7 +315,7 @@ def run_model_benchmark(
                 t0 = time.perf_counter()
                 stats = harness.run_interleaved(
                     cases, reps=reps, warmup=warmup, timer=timer,
-                    progress=lambda s: log(f"[bench]   {s} ({time.perf_counter() - t0:.0f}s)"))
+                    progress=lambda s, t0=t0: log(f"[bench]   {s} ({time.perf_counter() - t0:.0f}s)"))
                 vanilla = stats.get("resnet3d18")
                 eager = stats.get("meranet18-eager")
                 for v, st in stats.items():

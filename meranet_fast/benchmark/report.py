@@ -119,11 +119,13 @@ def format_model_table(results: dict) -> str:
     for row in rows:
         lines.append("  ".join(v.ljust(w) if i < 4 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
     if results.get("attention_profile"):
-        lines += ["", "attention time (profiler: median of the interleaved profiled calls; CPU totals; method in the JSON):"]
+        lines += ["", "attention time (profiler: median of the interleaved profiled calls; CPU totals; "
+                  "method in the JSON):"]
         for p in results["attention_profile"]:
             t = p["total"]
             lines.append(f"  {p['mode']:<9} batch={p['batch']} {p['dtype']:<8} {p['model']:<16} "
-                         f"attention {t['attention_ms']:8.1f} ms (fwd {t['forward_ms']:.1f}, bwd {t['backward_ms']:.1f}; "
+                         f"attention {t['attention_ms']:8.1f} ms "
+                         f"(fwd {t['forward_ms']:.1f}, bwd {t['backward_ms']:.1f}; "
                          f"CA {p['ca']['attention_ms']:.1f}, STA {p['sta']['attention_ms']:.1f}, "
                          f"fused ops {p.get('fused', {}).get('attention_ms', 0.0):.1f}) = "
                          f"{100 * p['attention_fraction']:.1f}% of the profiled {p['profiled_call_ms']:.0f} ms"

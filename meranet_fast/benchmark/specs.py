@@ -5,12 +5,13 @@ A later op plugs in by calling :func:`register` with an :class:`OpBenchSpec`; ``
 """
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
+from meranet_fast import ops
+from meranet_fast.ops import backends
 from meranet_fast.ops.reference import channel_attention_reference, ra_tail_reference, st_attention_reference
 
 __all__ = [
@@ -131,40 +132,21 @@ def _st_attention_reference(x, weight, bias=None):
     return st_attention_reference(x, weight, bias)[0]
 
 
-def _fused_op(module_name: str, attr: str, backend: str, device: torch.device,
-              status_module: str = "meranet_fast.ops.st_attention"):
-    """``module.attr`` (a public fused op taking ``backend=``) if ``backend`` can run on ``device``.
-
-    Whether a backend can run is asked of ``status_module.backend_status`` (the spatio-temporal
-    attention op layer answers for every fused op: ``channel_attention.resolve_backend`` asks it too);
-    raises :class:`BackendUnavailable` with the reason otherwise.
-    """
+def _fused_op(op: str, backend: str, device: torch.device):
+    """The public fused op ``op`` (taking ``backend=``) if ``backend`` can run it on ``device``, as the
+    backend registry says; raises :class:`BackendUnavailable` with the reason otherwise."""
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise BackendUnavailable(f"the fused op is not available ({module_name}: {exc})")
-    op = getattr(module, attr, None)
-    if op is None:
-        raise BackendUnavailable(f"{module_name} defines no {attr}()")
-    status = getattr(module, "backend_status", None)  # (can run, why) per backend and device
-    if status is None:
-        try:
-            status = getattr(importlib.import_module(status_module), "backend_status", None)
-        except ImportError:
-            status = None
-    if status is not None:
-        try:
-            ok, why = status(backend, torch.device(device))
-        except ValueError as exc:  # a backend name the op does not know
-            raise BackendUnavailable(str(exc)) from None
-        if not ok:
-            raise BackendUnavailable(why)
-    return op
+        ok, why = backends.backend_status(backend, torch.device(device), op)
+    except ValueError as exc:  # a backend name the registry does not know
+        raise BackendUnavailable(str(exc)) from None
+    if not ok:
+        raise BackendUnavailable(why)
+    return getattr(ops, op)
 
 
 def _st_attention_fused(backend: str, device: torch.device):
     """``st_attention(x, w, b, backend=backend)`` from ``meranet_fast.ops.st_attention``, if it can run."""
-    op = _fused_op("meranet_fast.ops.st_attention", "st_attention", backend, device)
+    op = _fused_op("st_attention", backend, device)
 
     def fused(x, weight, bias=None):
         return _first(op(x, weight, bias, backend=backend))
@@ -239,7 +221,7 @@ def _channel_attention_reference(y, w_reduce, b_reduce, w_expand, b_expand):
 
 def _channel_attention_fused(backend: str, device: torch.device):
     """``channel_attention(y, ..., backend=backend)`` from ``meranet_fast.ops.channel_attention``."""
-    op = _fused_op("meranet_fast.ops.channel_attention", "channel_attention", backend, device)
+    op = _fused_op("channel_attention", backend, device)
 
     def fused(y, w_reduce, b_reduce, w_expand, b_expand):
         return _first(op(y, w_reduce, b_reduce, w_expand, b_expand, backend=backend))
@@ -291,7 +273,7 @@ def _ra_tail_reference(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_w
 
 def _ra_tail_fused(backend: str, device: torch.device):
     """``ra_tail(y, shortcut, ..., backend=backend)`` from ``meranet_fast.ops.ra_tail``."""
-    op = _fused_op("meranet_fast.ops.ra_tail", "ra_tail", backend, device)
+    op = _fused_op("ra_tail", backend, device)
 
     def fused(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias):
         return _first(op(y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias,

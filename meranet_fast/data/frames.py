@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -1,8 +1,8 @@
 """Datasets by name, with the paper's per-dataset settings (class subsets §4.1, clip depth §4.2, split §4.3)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from meranet_fast.data.releases import (
     MEGC2019_CLASSES,

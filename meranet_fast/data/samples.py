@@ -91,7 +91,7 @@ class SampleIndex:
             warnings.warn(f"{self.dataset}: {len(self.issues)} annotation issue(s) handled:\n  "
                           + "\n  ".join(self.issues), stacklevel=2)
 
-    def restrict(self, classes: tuple[str, ...] | None, min_frames: int = 0) -> "SampleIndex":
+    def restrict(self, classes: tuple[str, ...] | None, min_frames: int = 0) -> SampleIndex:
         """Keep the samples whose label is in ``classes`` (all when ``None``) with >= ``min_frames`` frames.
 
         Samples dropped for being too short are added to the issues (the paper keeps CASME I/II samples

@@ -9,12 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from meranet_fast.ops._checks import KERNEL_SIZES
 from meranet_fast.ops.reference import channel_attention_reference, st_attention_reference
 
 __all__ = ["ChannelAttention3d", "SpatioTemporalAttention3d", "ST_KERNEL_SIZES", "ST_IMPLS"]
 
 #: Kernel sizes of the spatio-temporal attention conv studied in the paper's ablation.
-ST_KERNEL_SIZES = (3, 5, 7)
+ST_KERNEL_SIZES = KERNEL_SIZES
 #: Backends of :class:`SpatioTemporalAttention3d`: the eager reference or the fused ``meranet`` op.
 ST_IMPLS = ("eager", "fused")
 _SHARED_KINDS = ("conv", "mlp")

@@ -1,5 +1,5 @@
-"""Input validation of the spatio-temporal attention op, shared by every backend's Python layer, and the
-dtype rules of every fused op (accumulation type, which backends take float64).
+"""Input validation of every fused op, shared by every backend's Python layer, and the dtype rules of every
+fused op (accumulation type, which backends take float64).
 
 The wording matches the C++ checks (csrc/st_attention_checks.cpp), so an error reads the same whichever
 backend raised it.
@@ -56,6 +56,17 @@ def _shape(t: torch.Tensor) -> list:
     return list(t.shape)
 
 
+def st_weight_error(weight) -> str | None:
+    """What is wrong with a spatio-temporal attention conv weight's shape (None when it is [1, 2, k, k, k]
+    with k in :data:`KERNEL_SIZES`)."""
+    if not isinstance(weight, torch.Tensor):
+        return f"must be a torch.Tensor, got {type(weight).__name__}"
+    k = weight.shape[-1] if weight.dim() == 5 else None
+    if weight.dim() != 5 or tuple(weight.shape) != (1, 2, k, k, k) or k not in KERNEL_SIZES:
+        return f"must have shape [1, 2, k, k, k] with k in {KERNEL_SIZES}, got {tuple(weight.shape)}"
+    return None
+
+
 def check_st_attention_inputs(x, weight, bias=None) -> None:
     """Raise ``TypeError`` / ``ValueError`` naming the wrong argument; used before every backend."""
     if not isinstance(x, torch.Tensor):
@@ -87,3 +98,72 @@ def check_st_attention_inputs(x, weight, bias=None) -> None:
             raise TypeError(f"st_attention: bias dtype ({bias.dtype}) must match x dtype ({x.dtype})")
         if bias.device != x.device:
             raise ValueError(f"st_attention: bias is on {bias.device} but x is on {x.device}")
+
+
+def check_channel_attention_inputs(op: str, y, w_reduce, b_reduce, w_expand, b_expand) -> None:
+    """Raise TypeError / ValueError naming the offending argument (channel_attention, and ra_tail's part)."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{op}: y must be a torch.Tensor, got {type(y).__name__}")
+    if y.dim() != 5:
+        raise ValueError(f"{op}: y must be 5-D [N, C, T, H, W], got shape {tuple(y.shape)}")
+    if not y.is_floating_point():
+        raise TypeError(f"{op}: y must be a floating-point tensor, got {y.dtype}")
+    n, c, t, h, w = y.shape
+    if c < 1:
+        raise ValueError(f"{op}: y must have at least one channel, got shape {tuple(y.shape)}")
+    if n > 0 and t * h * w == 0:
+        raise ValueError(f"{op}: y must have T*H*W >= 1 to pool over, got shape {tuple(y.shape)}")
+    for name, tensor in (("w_reduce", w_reduce), ("w_expand", w_expand)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 2:
+            raise ValueError(f"{op}: {name} must be 2-D (flatten 1x1x1 conv weights with .flatten(1)), "
+                             f"got shape {tuple(tensor.shape)}")
+    hidden = w_reduce.shape[0]
+    if tuple(w_reduce.shape) != (hidden, c) or hidden < 1:
+        raise ValueError(f"{op}: w_reduce must have shape [C/r, C] = [hidden, {c}], got {tuple(w_reduce.shape)}")
+    if tuple(w_expand.shape) != (c, hidden):
+        raise ValueError(f"{op}: w_expand must have shape [C, C/r] = [{c}, {hidden}], got {tuple(w_expand.shape)}")
+    for name, tensor, size in (("b_reduce", b_reduce, hidden), ("b_expand", b_expand, c)):
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(tensor).__name__}")
+        if tuple(tensor.shape) != (size,):
+            raise ValueError(f"{op}: {name} must have shape [{size}], got {tuple(tensor.shape)}")
+    _check_parameters(op, y, w_reduce=w_reduce, b_reduce=b_reduce, w_expand=w_expand, b_expand=b_expand)
+
+
+def _check_parameters(op: str, y, **tensors) -> None:
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if not tensor.is_floating_point():
+            raise TypeError(f"{op}: {name} must be floating point, got {tensor.dtype}")
+        if tensor.device != y.device:
+            raise ValueError(f"{op}: {name} is on {tensor.device} but y is on {y.device}")
+
+
+def check_ra_tail_inputs(op, y, shortcut, w_reduce, b_reduce, w_expand, b_expand, st_weight, st_bias) -> None:
+    """Raise TypeError / ValueError naming the offending argument."""
+    check_channel_attention_inputs(op, y, w_reduce, b_reduce, w_expand, b_expand)
+    check_argmax_channels(op, "y", y.shape[1])
+    if not isinstance(shortcut, torch.Tensor):
+        raise TypeError(f"{op}: shortcut must be a torch.Tensor, got {type(shortcut).__name__}")
+    if shortcut.shape != y.shape:
+        raise ValueError(f"{op}: shortcut shape {tuple(shortcut.shape)} must equal y shape {tuple(y.shape)}")
+    if shortcut.dtype != y.dtype:
+        raise TypeError(f"{op}: shortcut dtype {shortcut.dtype} must match y dtype {y.dtype}")
+    if shortcut.device != y.device:
+        raise ValueError(f"{op}: shortcut is on {shortcut.device} but y is on {y.device}")
+    if not isinstance(st_weight, torch.Tensor):
+        raise TypeError(f"{op}: st_weight must be a torch.Tensor, got {type(st_weight).__name__}")
+    error = st_weight_error(st_weight)
+    if error is not None:
+        raise ValueError(f"{op}: st_weight {error}")
+    if st_bias is not None:
+        if not isinstance(st_bias, torch.Tensor):
+            raise TypeError(f"{op}: st_bias must be a torch.Tensor or None, got {type(st_bias).__name__}")
+        if tuple(st_bias.shape) != (1,):
+            raise ValueError(f"{op}: st_bias must have shape [1], got {tuple(st_bias.shape)}")
+    _check_parameters(op, y, st_weight=st_weight, st_bias=st_bias)

@@ -14,7 +14,8 @@ import random
 import shutil
 import tempfile
 import zipfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

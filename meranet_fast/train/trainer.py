@@ -34,8 +34,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -213,8 +213,8 @@ class Trainer:
         n = len(dataset)
         all_probs: list = [None] * n
         all_losses = [0.0] * n
-        for idx, p, l in self.dist.gather(local):
-            for i, pi, li in zip(idx, p, l):
+        for idx, p, losses_part in self.dist.gather(local):
+            for i, pi, li in zip(idx, p, losses_part):
                 all_probs[i], all_losses[i] = pi, li
         y_true = dataset.targets
         y_pred = [int(np.argmax(p)) for p in all_probs]
@@ -244,7 +244,9 @@ class Trainer:
             return None
 
         def holds_epoch(state: dict) -> str | None:
-            return None if state.get("epoch") == epoch else f"holds epoch {state.get('epoch')}, not the best epoch {epoch}"
+            if state.get("epoch") == epoch:
+                return None
+            return f"holds epoch {state.get('epoch')}, not the best epoch {epoch}"
 
         return load_checkpoint_or_previous(best_path, accept=holds_epoch, log=self.log)[0]["model"]
 
@@ -317,7 +319,8 @@ class Trainer:
                            "val_size": len(self.val_ds), "test_size": len(self.test_ds),
                            "warmup_steps_resolved": warmup, "total_steps": total_steps}, f, indent=2)
         meta = {"model": cfg.model, "num_classes": len(self.classes), "classes": list(self.classes),
-                "model_kwargs": cfg.model_kwargs(), "clip_len": self.train_ds.clip_len, "size": cfg.size, "split": self.split_name}
+                "model_kwargs": cfg.model_kwargs(), "clip_len": self.train_ds.clip_len, "size": cfg.size,
+                "split": self.split_name}
 
         from tqdm.auto import tqdm
 

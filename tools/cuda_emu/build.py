@@ -108,7 +108,7 @@ def build(out: str, src_root: str, files: list[str], asan: bool = True, jobs: in
         try:
             new = rewrite(text, os.path.abspath(path))
         except RewriteError as e:
-            raise SystemExit(f"cuda_emu: {e}")
+            raise SystemExit(f"cuda_emu: {e}") from None
         name = os.path.basename(path)
         dst = os.path.join(gen, "cuda", name[:-3] + ".cpp" if name.endswith(".cu") else name)
         old = open(dst).read() if os.path.exists(dst) else None
@@ -116,8 +116,9 @@ def build(out: str, src_root: str, files: list[str], asan: bool = True, jobs: in
             with open(dst, "w") as f:
                 f.write(new)
     inc, libs = _torch_flags()
-    flags = (["-std=c++20", "-O1", "-g1", "-fPIC", "-fno-strict-aliasing", "-fopenmp", "-Wno-unknown-pragmas", "-DMERANET_WITH_CUDA",
-              f"-I{os.path.join(HERE, 'shim')}", f"-I{HERE}", f"-I{gen}", f"-I{os.path.abspath(src_root)}"] + inc +
+    flags = (["-std=c++20", "-O1", "-g1", "-fPIC", "-fno-strict-aliasing", "-fopenmp", "-Wno-unknown-pragmas",
+              "-DMERANET_WITH_CUDA", f"-I{os.path.join(HERE, 'shim')}", f"-I{HERE}", f"-I{gen}",
+              f"-I{os.path.abspath(src_root)}"] + inc +
              (ASAN_FLAGS if asan else []) + list(extra_flags or []))
     key = hashlib.sha256(" ".join([CXX] + flags).encode()).hexdigest()
 
@@ -142,8 +143,8 @@ def build(out: str, src_root: str, files: list[str], asan: bool = True, jobs: in
     inputs = objs + list(link_objects or []) + [ext]
     if os.path.exists(lib) and os.path.getmtime(lib) >= max(os.path.getmtime(p) for p in inputs):
         return lib  # up to date (and possibly loaded by a running test: not rewritten)
-    cmd = ([CXX, "-shared", "-o", lib] + objs + list(link_objects or []) + (ASAN_FLAGS if asan else []) + ["-fopenmp", ext,
-           f"-Wl,-rpath,{os.path.dirname(ext)}"] + libs +
+    cmd = ([CXX, "-shared", "-o", lib] + objs + list(link_objects or []) + (ASAN_FLAGS if asan else []) +
+           ["-fopenmp", ext, f"-Wl,-rpath,{os.path.dirname(ext)}"] + libs +
            [f"-Wl,-rpath,{p[2:]}" for p in libs if p.startswith("-L")])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:

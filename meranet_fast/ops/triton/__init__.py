@@ -1,19 +1,16 @@
 """Triton kernels of the fused operators, registered as ``torch.ops.meranet.*_triton``.
 
-Importing this package never fails. The spatio-temporal attention kernels register here; the
-channel-attention and ra_tail kernels (whose modules import the op layer) on the first
-:func:`load_error` / :func:`is_available` call. When any of them cannot be imported or registered
+Importing this package never fails. The spatio-temporal attention kernels register here, the
+channel-attention and ra_tail kernels on the first :func:`load_error` call (which
+:func:`meranet_fast.ops.backends.backend_status` makes). When any of them cannot be imported or registered
 (triton missing, or a torch that rejects the registration), the Triton backend is unavailable as a whole
-and ``is_available()`` / ``st_attention.backend_status("triton", ...)`` give the reason; a failure other
-than a missing triton is also reported once as a warning.
+and ``backends.backend_status("triton", ...)`` gives the reason; a failure other than a missing triton
+is also reported once as a warning.
 """
 from __future__ import annotations
 
 import importlib
-import os
 import warnings
-
-import torch
 
 #: The kernel modules, in registration order.
 KERNEL_MODULES = ("st_attention", "channel_attention", "ra_tail")
@@ -40,28 +37,11 @@ def _load(module: str) -> None:
         _LOADED.add(module)
 
 
-def st_attention_error() -> str | None:
-    """Why the spatio-temporal attention kernels could not register (None when they did)."""
-    return _ERROR if "st_attention" not in _LOADED else None
-
-
 def load_error() -> str | None:
     """Register every Triton kernel module (once); None when all registered, else why the backend is unavailable."""
     for module in KERNEL_MODULES:
         _load(module)
     return _ERROR
-
-
-def is_available() -> tuple[bool, str]:
-    """(whether the Triton ops can run here, why): a CUDA device with triton, or the CPU interpreter."""
-    error = load_error()
-    if error is not None:
-        return False, error
-    if torch.cuda.is_available():
-        return True, "triton with a CUDA device"
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True, "triton CPU interpreter (TRITON_INTERPRET=1)"
-    return False, "no CUDA device, and TRITON_INTERPRET=1 is not set for the CPU interpreter"
 
 
 _load("st_attention")

@@ -7,7 +7,7 @@ of only on the oldest. See docs/design.md §4.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.library import infer_schema

@@ -19,20 +19,13 @@ float32 maps and accumulation.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from meranet_fast.ops.channel_attention import (
-    dense_format,
-    fake_ca_input_grad,
-    fake_ca_pool,
-    fake_ca_scale,
-    fake_ca_scale_grad,
-)
+from meranet_fast.ops import _fakes
+from meranet_fast.ops._layout import dense_format
 from meranet_fast.ops.triton._register import triton_op
 from meranet_fast.ops.triton.st_attention import _merge_first_max, _program_positions, autotune_enabled
 
@@ -118,13 +111,13 @@ def _channel_block(C, BLOCK_C: tl.constexpr):
 
 @triton.jit
 def _gu(g, c, n, s, smask, attn_ptr, gp_ptr, idx_ptr, C, S, STA: tl.constexpr):
-    """Gradient wrt u = y * a: g itself, or g * A + gP0 / C + gP1 [c == I] (tile [BLOCK_C, BLOCK_S])."""
+    """Gradient wrt u = y * a: g itself, or g * A + gP0 / C + gP1 [c == argmax] (tile [BLOCK_C, BLOCK_S])."""
     if STA:
         A = tl.load(attn_ptr + n * S + s, mask=smask, other=0.0)
         m0 = tl.load(gp_ptr + n * 2 * S + s, mask=smask, other=0.0) / C
         m1 = tl.load(gp_ptr + n * 2 * S + S + s, mask=smask, other=0.0)
-        I = tl.load(idx_ptr + n * S + s, mask=smask, other=-1)
-        g = g * A[None, :] + m0[None, :] + tl.where(c[:, None] == I[None, :], m1[None, :], 0.0)
+        idx = tl.load(idx_ptr + n * S + s, mask=smask, other=-1)
+        g = g * A[None, :] + m0[None, :] + tl.where(c[:, None] == idx[None, :], m1[None, :], 0.0)
     return g
 
 
@@ -235,7 +228,7 @@ def _geometry(y):
 def ca_pool_triton(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     check_activation("ca_pool_triton", "y", y)
     y = dense(y, dense_format(y))
-    avg, mx, idx = fake_ca_pool(y)
+    avg, mx, idx = _fakes.ca_pool(y)
     n, c, s = _geometry(y)
     if n == 0:
         return avg, mx, idx
@@ -247,7 +240,7 @@ def ca_pool_triton(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 @ca_pool_triton.register_fake
 def _(y):
     check_activation("ca_pool_triton", "y", y)
-    return fake_ca_pool(y)
+    return _fakes.ca_pool(y)
 
 
 @triton_op("meranet::ca_scale_triton", "(Tensor y, Tensor scale) -> Tensor")
@@ -256,7 +249,7 @@ def ca_scale_triton(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     check_activation(op, "y", y)
     check_small(op, "scale", scale, y.shape[:2], torch.float32, y)
     y = dense(y, dense_format(y))
-    out = fake_ca_scale(y, scale)
+    out = _fakes.ca_scale(y, scale)
     n, c, s = _geometry(y)
     if out.numel() == 0:
         return out
@@ -267,20 +260,20 @@ def ca_scale_triton(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 @ca_scale_triton.register_fake
 def _(y, scale):
-    return fake_ca_scale(y, scale)
+    return _fakes.ca_scale(y, scale)
 
 
 @triton_op("meranet::ca_scale_grad_triton",
            "(Tensor grad, Tensor y, Tensor? attn, Tensor? grad_pooled, Tensor? sta_argmax) -> Tensor")
-def ca_scale_grad_triton(grad: torch.Tensor, y: torch.Tensor, attn: Optional[torch.Tensor],
-                         grad_pooled: Optional[torch.Tensor], sta_argmax: Optional[torch.Tensor]) -> torch.Tensor:
+def ca_scale_grad_triton(grad: torch.Tensor, y: torch.Tensor, attn: torch.Tensor | None,
+                         grad_pooled: torch.Tensor | None, sta_argmax: torch.Tensor | None) -> torch.Tensor:
     op = "ca_scale_grad_triton"
     check_activation(op, "y", y)
     check_same(op, "grad", grad, y)
     fmt = dense_format(y)
     y, grad = dense(y, fmt), dense(grad, fmt)
     sta, attn, grad_pooled, sta_argmax = _sta_maps(op, y, attn, grad_pooled, sta_argmax)
-    ga = fake_ca_scale_grad(grad, y, attn, grad_pooled, sta_argmax)
+    ga = _fakes.ca_scale_grad(grad, y, attn, grad_pooled, sta_argmax)
     n, c, s = _geometry(y)
     if n == 0:
         return ga
@@ -293,15 +286,15 @@ def ca_scale_grad_triton(grad: torch.Tensor, y: torch.Tensor, attn: Optional[tor
 
 @ca_scale_grad_triton.register_fake
 def _(grad, y, attn, grad_pooled, sta_argmax):
-    return fake_ca_scale_grad(grad, y, attn, grad_pooled, sta_argmax)
+    return _fakes.ca_scale_grad(grad, y, attn, grad_pooled, sta_argmax)
 
 
 @triton_op("meranet::ca_input_grad_triton",
            "(Tensor grad, Tensor scale, Tensor grad_avg, Tensor grad_max, Tensor argmax, "
            "Tensor? attn, Tensor? grad_pooled, Tensor? sta_argmax) -> Tensor")
 def ca_input_grad_triton(grad: torch.Tensor, scale: torch.Tensor, grad_avg: torch.Tensor, grad_max: torch.Tensor,
-                         argmax: torch.Tensor, attn: Optional[torch.Tensor], grad_pooled: Optional[torch.Tensor],
-                         sta_argmax: Optional[torch.Tensor]) -> torch.Tensor:
+                         argmax: torch.Tensor, attn: torch.Tensor | None, grad_pooled: torch.Tensor | None,
+                         sta_argmax: torch.Tensor | None) -> torch.Tensor:
     op = "ca_input_grad_triton"
     check_activation(op, "grad", grad)
     grad = dense(grad, dense_format(grad))
@@ -310,7 +303,7 @@ def ca_input_grad_triton(grad: torch.Tensor, scale: torch.Tensor, grad_avg: torc
                            ("grad_max", grad_max, torch.float32), ("argmax", argmax, torch.int64)):
         check_small(op, name, t, (n, c), dtype, grad)
     sta, attn, grad_pooled, sta_argmax = _sta_maps(op, grad, attn, grad_pooled, sta_argmax)
-    gy = fake_ca_input_grad(grad, scale, grad_avg, grad_max, argmax, attn, grad_pooled, sta_argmax)
+    gy = _fakes.ca_input_grad(grad, scale, grad_avg, grad_max, argmax, attn, grad_pooled, sta_argmax)
     if gy.numel() == 0:
         return gy
     sc, ss = channel_strides(grad)
@@ -323,4 +316,4 @@ def ca_input_grad_triton(grad: torch.Tensor, scale: torch.Tensor, grad_avg: torc
 
 @ca_input_grad_triton.register_fake
 def _(grad, scale, grad_avg, grad_max, argmax, attn, grad_pooled, sta_argmax):
-    return fake_ca_input_grad(grad, scale, grad_avg, grad_max, argmax, attn, grad_pooled, sta_argmax)
+    return _fakes.ca_input_grad(grad, scale, grad_avg, grad_max, argmax, attn, grad_pooled, sta_argmax)

@@ -17,15 +17,15 @@ activations are made dense like in triton/channel_attention.py.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from meranet_fast.ops.channel_attention import dense_format
-from meranet_fast.ops.ra_tail import ST_KERNEL_SIZES, fake_ra_attend, fake_ra_attend_bwd, fake_ra_pool
+from meranet_fast.ops import _fakes
+from meranet_fast.ops._checks import st_weight_error
+from meranet_fast.ops._layout import dense_format
+from meranet_fast.ops.triton._register import triton_op
 from meranet_fast.ops.triton.channel_attention import (
     KEY,
     STREAM_CONFIGS,
@@ -38,7 +38,6 @@ from meranet_fast.ops.triton.channel_attention import (
     position_grid,
     tunable,
 )
-from meranet_fast.ops.triton._register import triton_op
 from meranet_fast.ops.triton.st_attention import (
     _merge_first_max,
     _pooled_map_grads,
@@ -55,10 +54,9 @@ _GATHER_BLOCK_S = 64
 
 
 def _check_weight(op, weight, y):
-    k = weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() == 5 else None
-    if k is None or tuple(weight.shape) != (1, 2, k, k, k) or k not in ST_KERNEL_SIZES:
-        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise ValueError(f"{op}: weight must have shape [1, 2, k, k, k] with k in {ST_KERNEL_SIZES}, got {got}")
+    error = st_weight_error(weight)
+    if error is not None:
+        raise ValueError(f"{op}: weight {error}")
     if not weight.is_floating_point() or weight.device != y.device:
         raise ValueError(f"{op}: weight must be floating point on {y.device}, got {weight.dtype} on {weight.device}")
 
@@ -167,7 +165,7 @@ def ra_pool_triton(y: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, 
     check_activation(op, "y", y)
     check_small(op, "scale", scale, y.shape[:2], torch.float32, y)
     y = dense(y, dense_format(y))
-    pooled, argmax = fake_ra_pool(y, scale)
+    pooled, argmax = _fakes.ra_pool(y, scale)
     n, c, s, *_ = _geometry(y)
     if y.numel() == 0:
         return pooled, argmax
@@ -179,14 +177,14 @@ def ra_pool_triton(y: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, 
 
 @ra_pool_triton.register_fake
 def _(y, scale):
-    return fake_ra_pool(y, scale)
+    return _fakes.ra_pool(y, scale)
 
 
 @triton_op("meranet::ra_attend_triton",
            "(Tensor y, Tensor shortcut, Tensor scale, Tensor pooled, Tensor weight, Tensor? bias) -> "
            "(Tensor out, Tensor attn)")
 def ra_attend_triton(y: torch.Tensor, shortcut: torch.Tensor, scale: torch.Tensor, pooled: torch.Tensor,
-                     weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                     weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     op = "ra_attend_triton"
     check_activation(op, "y", y)
     check_same(op, "shortcut", shortcut, y)
@@ -198,7 +196,7 @@ def ra_attend_triton(y: torch.Tensor, shortcut: torch.Tensor, scale: torch.Tenso
         raise ValueError(f"{op}: bias must be a floating tensor of shape [1], got {bias.dtype} {list(bias.shape)}")
     fmt = dense_format(y)
     y, shortcut = dense(y, fmt), dense(shortcut, fmt)
-    out, attn = fake_ra_attend(y, shortcut, scale, pooled, weight, bias)
+    out, attn = _fakes.ra_attend(y, shortcut, scale, pooled, weight, bias)
     if y.numel() == 0:
         return out, attn
     k = weight.shape[-1]
@@ -213,7 +211,7 @@ def ra_attend_triton(y: torch.Tensor, shortcut: torch.Tensor, scale: torch.Tenso
 
 @ra_attend_triton.register_fake
 def _(y, shortcut, scale, pooled, weight, bias):
-    return fake_ra_attend(y, shortcut, scale, pooled, weight, bias)
+    return _fakes.ra_attend(y, shortcut, scale, pooled, weight, bias)
 
 
 @triton_op("meranet::ra_attend_bwd_triton",
@@ -234,7 +232,7 @@ def ra_attend_bwd_triton(
     _check_weight(op, weight, y)
     fmt = dense_format(y)
     y, grad_out, out = dense(y, fmt), dense(grad_out, fmt), dense(out, fmt)
-    grad_z, grad_pooled, _, _ = fake_ra_attend_bwd(grad_out, out, y, scale, attn, pooled, weight)
+    grad_z, grad_pooled, _, _ = _fakes.ra_attend_bwd(grad_out, out, y, scale, attn, pooled, weight)
     if y.numel() == 0:
         return grad_z, grad_pooled.zero_(), weight.new_zeros(weight.shape), weight.new_zeros(1)
     k = weight.shape[-1]
@@ -257,4 +255,4 @@ def ra_attend_bwd_triton(
 
 @ra_attend_bwd_triton.register_fake
 def _(grad_out, out, y, scale, attn, pooled, weight):
-    return fake_ra_attend_bwd(grad_out, out, y, scale, attn, pooled, weight)
+    return _fakes.ra_attend_bwd(grad_out, out, y, scale, attn, pooled, weight)

@@ -21,14 +21,16 @@ anything else); the small float32 maps (attn, pooled, gL) and the argmax are con
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from meranet_fast.ops import _fakes
+from meranet_fast.ops._autograd import register_st_attention_autograd
 from meranet_fast.ops._checks import check_st_attention_inputs as check_common_inputs
+from meranet_fast.ops._layout import empty_dense_like
 from meranet_fast.ops.triton._register import triton_op
 
 __all__ = [
@@ -336,13 +338,6 @@ def _launch(kernels, n, s, **kwargs):
 # --------------------------------------------------------------------------------------------
 # Host side
 # --------------------------------------------------------------------------------------------
-def _empty_like_layout(x: torch.Tensor) -> torch.Tensor:
-    """Uninitialised tensor shaped like x: channels_last_3d if x is, contiguous otherwise."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.empty_like(x, memory_format=torch.channels_last_3d)
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
 def _positions_dense(*tensors: torch.Tensor) -> bool:
     """True when, in every tensor, flat position (t*H + h)*W + w sits at that index times the W stride."""
     for tensor in tensors:
@@ -353,29 +348,19 @@ def _positions_dense(*tensors: torch.Tensor) -> bool:
     return True
 
 
-def _forward_outputs(x: torch.Tensor):
-    n, _, t, h, w = x.shape
-    return (
-        _empty_like_layout(x),
-        x.new_empty((n, 1, t, h, w), dtype=torch.float32),
-        x.new_empty((n, 2, t, h, w), dtype=torch.float32),
-        x.new_empty((n, t, h, w), dtype=torch.int32),
-    )
-
-
 @triton_op(
     "meranet::st_attention_fwd_triton",
     "(Tensor x, Tensor weight, Tensor? bias) -> (Tensor out, Tensor attn, Tensor pooled, Tensor argmax)",
 )
 def st_attention_fwd_triton(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused forward. Returns (out, attn fp32 [N,1,T,H,W], pooled fp32 [N,2,T,H,W], argmax int32 [N,T,H,W]).
 
     argmax is the FIRST channel reaching the max (eager ``amax`` instead splits ties evenly in backward).
     """
     check_st_attention_inputs(x, weight, bias)
-    out, attn, pooled, argmax = _forward_outputs(x)
+    out, attn, pooled, argmax = _fakes.st_attention_fwd(x, weight, bias)
     if out.numel() == 0:
         return out, attn, pooled, argmax
     n, c, t, h, w = x.shape
@@ -404,7 +389,7 @@ def st_attention_fwd_triton(
 @st_attention_fwd_triton.register_fake
 def _(x, weight, bias):
     check_st_attention_inputs(x, weight, bias)
-    return _forward_outputs(x)
+    return _fakes.st_attention_fwd(x, weight, bias)
 
 
 @triton_op(
@@ -422,7 +407,7 @@ def st_attention_bwd_triton(
     (accumulated in float32; grad_bias is returned even when the forward had no bias).
     """
     _check_backward_inputs(grad_out, x, weight, attn, pooled, argmax)
-    grad_x = _empty_like_layout(x)
+    grad_x = empty_dense_like(x)
     if grad_x.numel() == 0:
         return grad_x, weight.new_zeros(weight.shape), weight.new_zeros(1)
     n, c, t, h, w = x.shape
@@ -461,4 +446,7 @@ def st_attention_bwd_triton(
 @st_attention_bwd_triton.register_fake
 def _(grad_out, x, weight, attn, pooled, argmax):
     _check_backward_inputs(grad_out, x, weight, attn, pooled, argmax)
-    return _empty_like_layout(x), weight.new_empty(weight.shape), weight.new_empty(1)
+    return _fakes.st_attention_bwd(grad_out, x, weight, attn, pooled, argmax)
+
+
+register_st_attention_autograd("meranet::st_attention_fwd_triton", torch.ops.meranet.st_attention_bwd_triton)
