@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 
-from meranet_fast import _extension
 from meranet_fast.benchmark import harness
 from meranet_fast.benchmark.op_bench import make_pass_fn
 from meranet_fast.benchmark.specs import PASSES, ST_KERNEL_SIZE, get_spec, parse_shape
-from meranet_fast.ops.triton import is_available as triton_available
+from meranet_fast.ops.backends import backend_status
 
 SPEC = get_spec("st_attention")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -34,20 +33,16 @@ TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 6e-2}  # 
 
 
 def fused_backends(device: torch.device) -> tuple[dict, dict]:
-    """``({name: (fwd op, bwd op)}, {name: reason skipped})``."""
+    """``({name: (fwd op, bwd op)}, {name: reason skipped})``, as the backend registry says for ``device``."""
+    pairs = {"triton": ("st_attention_fwd_triton", "st_attention_bwd_triton"),
+             "cuda": ("st_attention_fwd", "st_attention_bwd")}
     ops, skipped = {}, {}
-    ok, why = triton_available()
-    if ok:
-        ops["triton"] = (torch.ops.meranet.st_attention_fwd_triton, torch.ops.meranet.st_attention_bwd_triton)
-    else:
-        skipped["triton"] = why
-    if device.type != "cuda":
-        skipped["cuda"] = "needs --device cuda"
-    elif not _extension.cuda_compiled():
-        why = _extension.LOAD_ERROR or "CPU-only build"
-        skipped["cuda"] = f"the CUDA build of meranet_fast._C is not loaded ({why})"
-    else:
-        ops["cuda"] = (torch.ops.meranet.st_attention_fwd, torch.ops.meranet.st_attention_bwd)
+    for name, (fwd, bwd) in pairs.items():
+        ok, why = backend_status(name, device, "st_attention")
+        if ok:
+            ops[name] = (getattr(torch.ops.meranet, fwd), getattr(torch.ops.meranet, bwd))
+        else:
+            skipped[name] = why
     return ops, skipped
 
 

@@ -406,3 +406,24 @@ def test_op_benchmark_reports_its_results_after_every_shape():
                            on_progress=lambda r: seen.append(sorted({m["shape"] for m in r["measurements"]})))
     assert seen == [["1x4x3x6x6"], ["1x2x2x4x4", "1x4x3x6x6"]]
     assert sorted({m["shape"] for m in res["measurements"]}) == seen[-1]
+
+
+@pytest.mark.triton
+def test_the_kernel_level_st_attention_script_runs(tmp_path, triton_device):
+    """benchmarks/bench_gpu_st_attention.py (kernel-level timings, no autograd layer): its CPU smoke command
+    times eager, Triton and the copy baseline and writes them."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_gpu_st_attention.py")
+    out = tmp_path / "smoke.json"
+    cmd = [sys.executable, script, "--device", triton_device.type, "--shapes", "1x4x3x5x6", "--dtypes", "float32",
+           "--passes", "forward", "--reps", "2", "--warmup", "1", "--json", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    timed = {m["impl"]: m for m in results["measurements"]}
+    assert {"eager", "triton", "copy"} <= set(timed), results
+    assert all(m["median_ms"] > 0 for m in timed.values())
+    assert timed["triton"]["max_rel_err_vs_eager"] < 1e-3
