@@ -24,9 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from run_tests import run_tests  # noqa: E402
-
 import build as emu_build  # noqa: E402
+from run_tests import run_tests  # noqa: E402
 
 # ca_pool / ra_pool / ra_attend on a channels_last_3d and a contiguous float32 input reach every kernel below.
 _TEST = "tests/test_cuda_kernels.py::test_channel_attention_and_ra_tail_cuda_match_cpu"
