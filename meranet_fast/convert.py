@@ -1,34 +1,37 @@
-"""Switch the attention modules of any model between the eager reference and the fused operators."""
+"""Switch the attention modules of any model between the backends of the fused operators and the eager
+reference."""
 from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["convert", "IMPLS"]
-
-IMPLS = ("fused", "eager")
+__all__ = ["convert"]
 
 
 def _fusable_types() -> tuple[type, ...]:
-    """Module classes with an ``impl`` attribute taking ``"eager"`` / ``"fused"``."""
+    """Module classes with a ``backend`` attribute (the vocabulary of :mod:`meranet_fast.ops.backends`)."""
     from meranet_fast.nn.attention import SpatioTemporalAttention3d
 
     return (SpatioTemporalAttention3d,)
 
 
-def convert(model: nn.Module, impl: str = "fused") -> nn.Module:
-    """Set ``impl`` of every fusable module in ``model`` (in place) and return ``model``.
+def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """Set ``backend`` of every fusable module in ``model`` (in place) and return ``model``.
 
-    ``impl="fused"`` makes :class:`~meranet_fast.nn.SpatioTemporalAttention3d` call
-    :func:`meranet_fast.ops.st_attention` (backend chosen by device, see that function);
-    ``impl="eager"`` switches back to the PyTorch reference. Parameters are untouched, so a model can be
-    converted before or after loading a checkpoint, and back.
+    ``backend="auto"`` (default) makes :class:`~meranet_fast.nn.SpatioTemporalAttention3d` (and the residual
+    attention blocks it belongs to) call the fused operators with the backend the device allows;
+    ``"cpp"``, ``"cuda"`` or ``"triton"`` ask for one; ``"eager"`` switches back to the PyTorch reference.
+    Parameters are untouched, so a model can be converted before or after loading a checkpoint, and back.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"convert: impl must be one of {IMPLS}, got {impl!r}")
+    from meranet_fast.nn.attention import check_backend
+
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        check_backend(backend)
+    except ValueError as exc:
+        raise ValueError(f"convert: {exc}") from None
     types = _fusable_types()
     for module in model.modules():
         if isinstance(module, types):
-            module.impl = impl
+            module.backend = backend
     return model

@@ -132,21 +132,21 @@ def test_compare_models_totals_and_attention_overhead():
 
 def test_skipped_operators_are_reported(private_registry):
     del private_registry["aten::amax"]
-    stats = model_stats(resnet3d(10, attention=True, impl="eager"), (1, 3, 2, 32, 32))
+    stats = model_stats(resnet3d(10, attention=True, backend="eager"), (1, 3, 2, 32, 32))
     assert stats.unsupported_ops == {"aten::amax": 8}  # one in CA and one in STA, 4 blocks
 
 
 def test_fused_model_traces_the_ra_tail_operator(private_registry):
     del private_registry["meranet::ra_tail"]
-    stats = model_stats(resnet3d(10, attention=True), (1, 3, 2, 32, 32))  # impl="fused", the default
+    stats = model_stats(resnet3d(10, attention=True), (1, 3, 2, 32, 32))  # backend="auto", the default
     assert stats.unsupported_ops == {"meranet::ra_tail": 4}  # one fused tail a block, nothing else
 
 
 @pytest.mark.parametrize("depth", [10, 18])
 def test_fused_and_eager_meranet_have_the_same_flops(depth):
     shape = (1, 3, 4, 32, 32)
-    fused = model_stats(resnet3d(depth, attention=True, impl="fused"), shape)
-    eager = model_stats(resnet3d(depth, attention=True, impl="eager"), shape)
+    fused = model_stats(resnet3d(depth, attention=True, backend="auto"), shape)
+    eager = model_stats(resnet3d(depth, attention=True, backend="eager"), shape)
     assert not fused.unsupported_ops and not eager.unsupported_ops
     assert fused.flops == eager.flops
     assert fused.stage_flops == eager.stage_flops and fused.by_operator == eager.by_operator
@@ -158,7 +158,7 @@ def test_fused_attention_ops_count_like_their_eager_code(bias):
 
     n, c, t, h, w = 2, 32, 3, 4, 5
     ca = ChannelAttention3d(c, 8, bias=bias)
-    sta = SpatioTemporalAttention3d(5, impl="eager")
+    sta = SpatioTemporalAttention3d(5, backend="eager")
     y = torch.randn(n, c, t, h, w)
     assert channel_attention_flops(y.shape, c // 8) == _count(ca, y)[1]
     assert sum(channel_attention_flops(y.shape, c // 8).values()) == _ca_hand(n, c, t * h * w, c // 8)
@@ -206,13 +206,13 @@ def test_cli_depth18_prints_paper_comparison_and_writes_json(tmp_path, capsys):
     assert cli_main(["flops", "--depth", "18", "--input", "2x32x32", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "33,167,811" in text and "33,547,552" in text and "1.61" in text and "1.72" in text
-    assert "meranet18 attention: fused" in text
+    assert "meranet18 attention: auto" in text
     assert "skipped operators (counted as 0): none" in text
     report = json.loads(out.read_text())
     assert report["vanilla"]["params"] == 33_167_811
     assert report["meranet"]["params"] == 33_167_811 + 91_088
     assert report["input_shape"] == [1, 3, 2, 32, 32]
-    assert report["meranet_impl"] == "fused"  # the default model is the fused one
+    assert report["meranet_backend"] == "auto"  # the default model is the fused one
     assert report["paper"]["meranet"] == {"params": 33_547_552, "gflops": 1.72}
     assert f"{report['vanilla']['flops'] / 1e9:.4f}" in text
 
@@ -220,8 +220,8 @@ def test_cli_depth18_prints_paper_comparison_and_writes_json(tmp_path, capsys):
 def test_cli_other_depth_and_bad_input(capsys):
     assert cli_main(["flops", "--depth", "10", "--input", "1x32x32", "--shortcut", "A", "--num-classes", "5"]) == 0
     text = capsys.readouterr().out
-    assert "resnet3d10" in text and "paper" not in text and "attention: fused" in text
-    assert cli_main(["flops", "--depth", "10", "--input", "1x32x32", "--impl", "eager"]) == 0
+    assert "resnet3d10" in text and "paper" not in text and "attention: auto" in text
+    assert cli_main(["flops", "--depth", "10", "--input", "1x32x32", "--backend", "eager"]) == 0
     assert "meranet10 attention: eager" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli_main(["flops", "--input", "16x112"])

@@ -387,7 +387,7 @@ def test_fused_model_profile_sees_the_fused_tail_without_changing_the_path():
     ok, why = fused_model_available(torch.device("cpu"), torch.float32)
     if not ok:
         pytest.skip(why)
-    model = meranet18(num_classes=3, impl="fused").train()
+    model = meranet18(num_classes=3).train()
     x = torch.randn(2, 3, 2, 16, 16)
     res = profile_attention(model, lambda: model(x).sum().backward(), torch.device("cpu"))
     # 8 blocks, each one meranet:: tail op; the modules were not hooked, so no fallback to them

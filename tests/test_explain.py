@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
     need("openpyxl")  # the frame folder is written as a CASME II-style release
     root = tmp_path_factory.mktemp("explain")
     cfg = make_config("paper", dataset="synthetic", synth_subjects=3, synth_per_class=2, synth_frames=6, clip_len=4,
-                      size=64, model="meranet10", impl="eager", epochs=1, batch_size=4, workers=0, cache_dir="",
+                      size=64, model="meranet10", backend="eager", epochs=1, batch_size=4, workers=0, cache_dir="",
                       progress=False, out=str(root / "run"), device="cpu", warmup_steps=1)
     run_training(cfg)
     index = make_synthetic(num_subjects=1, per_class=1, num_frames=6, seed=7)

@@ -30,8 +30,8 @@ def _pair(builder, **kwargs):
     """(fused, eager) models with identical weights and buffers."""
     fused = builder(**kwargs)
     eager = copy.deepcopy(fused)
-    eager.impl = "eager"
-    assert fused.impl == "fused" and eager.impl == "eager"
+    eager.backend = "eager"
+    assert fused.backend == "auto" and eager.backend == "eager"
     return fused, eager
 
 
@@ -87,22 +87,23 @@ def _assert_models_agree(builder, train, shape=SHAPE, channels_last=False, **kwa
 def test_default_model_is_fused_and_uses_the_fused_kernels():
     model = meranet10()
     blocks = [m for m in model.modules() if isinstance(m, BasicBlock3d)]
-    assert model.impl == "fused" and len(blocks) == 4 and all(b.impl == b.sta.impl == "fused" for b in blocks)
-    assert resnet3d(18, attention=True).impl == "fused"
+    assert model.backend == "auto" and len(blocks) == 4 and all(b.backend == b.sta.backend == "auto" for b in blocks)
+    assert resnet3d(18, attention=True).backend == "auto"
     # On this machine the op layer runs the compiled C++ kernels (not its eager fallback).
     assert resolve_backend("auto", "cpu", op="ra_tail") == "cpp"
 
 
-def test_convert_and_impl_switch_every_block():
+def test_convert_and_backend_switch_every_block():
     model = meranet10()
     convert(model, "eager")
-    assert model.impl == "eager" and all(m.impl == "eager" for m in model.modules() if hasattr(m, "impl"))
-    model.layer2[0].impl = "fused"
-    assert model.impl == "mixed"
-    model.impl = "fused"
-    assert model.impl == "fused"
-    with pytest.raises(ValueError, match="impl"):
-        model.impl = "cuda"
+    assert model.backend == "eager"
+    assert all(m.backend == "eager" for m in model.modules() if hasattr(m, "backend"))
+    model.layer2[0].backend = "cpp"
+    assert model.backend == "mixed"
+    model.backend = "auto"
+    assert model.backend == "auto"
+    with pytest.raises(ValueError, match="backend"):
+        model.backend = "fused"
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
@@ -127,7 +128,7 @@ def test_channels_last_3d_input():
 
 def test_state_dicts_are_interchangeable():
     fused = meranet10()
-    eager = meranet10(impl="eager")
+    eager = meranet10(backend="eager")
     assert list(fused.state_dict()) == list(eager.state_dict())
     for p in eager.parameters():  # eager weights differ from the fused model's
         p.data.add_(0.01 * torch.randn_like(p))
@@ -136,7 +137,7 @@ def test_state_dicts_are_interchangeable():
     fused.eval(), eager.eval()
     with torch.no_grad():
         torch.testing.assert_close(fused(x), eager(x), rtol=1e-4, atol=1e-5)
-    eager2 = meranet10(impl="eager")
+    eager2 = meranet10(backend="eager")
     eager2.load_state_dict(fused.state_dict())
     for (k, a), b in zip(eager2.state_dict().items(), eager.state_dict().values()):
         assert torch.equal(a, b), k

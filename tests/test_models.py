@@ -106,9 +106,9 @@ def test_stem_and_head_layout():
 def test_attention_modules_only_in_meranet():
     vanilla = _meta(resnet3d18)
     assert not any(isinstance(m, (ChannelAttention3d, SpatioTemporalAttention3d)) for m in vanilla.modules())
-    meranet = _meta(meranet18, st_kernel_size=7, impl="fused")
+    meranet = _meta(meranet18, st_kernel_size=7, backend="auto")
     stas = [m for m in meranet.modules() if isinstance(m, SpatioTemporalAttention3d)]
-    assert len(stas) == 8 and all(m.impl == "fused" and m.conv.kernel_size == (7, 7, 7) for m in stas)
+    assert len(stas) == 8 and all(m.backend == "auto" and m.conv.kernel_size == (7, 7, 7) for m in stas)
     assert sum(isinstance(m, ChannelAttention3d) for m in meranet.modules()) == 8
 
 
@@ -134,7 +134,7 @@ def test_paper_init():
     (dict(depth=18, stem_t=3.0), "stem_t"),
     (dict(depth=18, num_classes=0), "num_classes"),
     (dict(depth=18, attention=True, st_kernel_size=4), "kernel_size.*4"),
-    (dict(depth=18, attention=True, impl="cuda"), "impl.*'cuda'"),
+    (dict(depth=18, attention=True, backend="fused"), "backend.*'fused'"),
     (dict(depth=18, attention=True, shared="linear"), "shared"),
 ])
 def test_builder_errors(kwargs, message):

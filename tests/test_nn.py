@@ -82,39 +82,46 @@ def test_st_attention_rejects_kernel_size(k):
         SpatioTemporalAttention3d(k)
 
 
-def test_st_attention_impl_is_a_switchable_validated_attribute():
+def test_st_attention_backend_is_a_switchable_validated_attribute():
     sta = SpatioTemporalAttention3d()
-    assert sta.impl == "fused" and "fused" in repr(sta)  # the default
-    sta.impl = "eager"
-    assert sta.impl == "eager" and "eager" in repr(sta)
-    with pytest.raises(ValueError, match="impl.*'cuda'"):
-        sta.impl = "cuda"
-    with pytest.raises(ValueError, match="impl"):
-        SpatioTemporalAttention3d(impl="triton")
-    assert sta.impl == "eager"
+    assert sta.backend == "auto" and "auto" in repr(sta)  # the default
+    sta.backend = "eager"
+    assert sta.backend == "eager" and "eager" in repr(sta)
+    for name in ("cpp", "cuda", "triton"):  # the registry's vocabulary (whether it runs is decided per call)
+        sta.backend = name
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'eager', 'cpp', 'cuda', 'triton'\), "
+                                         r"got 'fused'"):
+        sta.backend = "fused"
+    with pytest.raises(ValueError, match="backend"):
+        SpatioTemporalAttention3d(backend="gpu")
+    assert sta.backend == "triton"
 
 
-def test_st_attention_fused_calls_the_ops_function(monkeypatch):
-    import meranet_fast.ops
+def test_st_attention_fused_calls_the_ops_function_with_its_backend(monkeypatch):
+    import meranet_fast.nn.attention
 
     calls = []
 
-    def fake_st_attention(x, weight, bias):
-        calls.append((x, weight, bias))
+    def fake_st_attention(x, weight, bias, *, backend):
+        calls.append((x, weight, bias, backend))
         return st_attention_reference(x, weight, bias)[0]
 
-    monkeypatch.setattr(meranet_fast.ops, "st_attention", fake_st_attention, raising=False)
-    sta = SpatioTemporalAttention3d(impl="fused").double()
+    monkeypatch.setattr(meranet_fast.nn.attention, "st_attention", fake_st_attention)
+    sta = SpatioTemporalAttention3d(backend="cpp").double()
     x = _x()
     torch.testing.assert_close(sta(x), st_attention_reference(x, sta.conv.weight, sta.conv.bias)[0])
     assert len(calls) == 1 and calls[0][1] is sta.conv.weight and calls[0][2] is sta.conv.bias
+    assert calls[0][3] == "cpp"
+    sta.backend = "eager"
+    sta(x)
+    assert len(calls) == 1  # eager runs the reference itself
 
 
 # --- shortcuts and the block --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("impl", ["eager", "fused"])
-def test_block_attention_tail_matches_reference(impl):
-    block = BasicBlock3d(8, 16, stride=2, attention=True, reduction=4, impl=impl).double().eval()
+@pytest.mark.parametrize("backend", ["eager", "auto"])
+def test_block_attention_tail_matches_reference(backend):
+    block = BasicBlock3d(8, 16, stride=2, attention=True, reduction=4, backend=backend).double().eval()
     x = _x(c=8, t=4, h=7, w=7)
     y = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
     identity = block.shortcut(x)
@@ -190,23 +197,23 @@ def test_block_gradients_reach_every_parameter():
     assert x.grad.abs().sum() > 0
 
 
-def test_block_impl_is_the_sta_impl_and_convert_switches_it():
+def test_block_backend_is_the_sta_backend_and_convert_switches_it():
     from meranet_fast import convert
 
     block = BasicBlock3d(8, 8, attention=True, reduction=4)
-    assert block.impl == block.sta.impl == "fused"  # the default
-    block.impl = "eager"
-    assert block.sta.impl == "eager"
-    convert(block, "fused")
-    assert block.impl == "fused"
-    with pytest.raises(ValueError, match="impl.*'cuda'"):
-        block.impl = "cuda"
-    with pytest.raises(ValueError, match="impl.*'triton'"):
-        BasicBlock3d(8, 8, impl="triton")
-    plain = BasicBlock3d(8, 8, impl="eager")
-    assert plain.impl == "eager"
-    plain.impl = "fused"
-    assert plain.impl == "fused"
+    assert block.backend == block.sta.backend == "auto"  # the default
+    block.backend = "eager"
+    assert block.sta.backend == "eager"
+    convert(block, "cpp")
+    assert block.backend == "cpp"
+    with pytest.raises(ValueError, match="backend.*'fused'"):
+        block.backend = "fused"
+    with pytest.raises(ValueError, match="backend.*'gpu'"):
+        BasicBlock3d(8, 8, backend="gpu")
+    plain = BasicBlock3d(8, 8, backend="eager")
+    assert plain.backend == "eager"
+    plain.backend = "triton"
+    assert plain.backend == "triton"
 
 
 def _block_input(block):
@@ -216,16 +223,17 @@ def _block_input(block):
 
 
 def test_fused_block_tail_calls_ra_tail_with_the_blocks_parameters(monkeypatch):
-    import meranet_fast.ops
+    import meranet_fast.nn.blocks
 
-    calls = []
+    calls, backends = [], []
 
-    def fake_ra_tail(*args):
+    def fake_ra_tail(*args, backend):
         calls.append(args)
+        backends.append(backend)
         return ra_tail_reference(*args)
 
-    monkeypatch.setattr(meranet_fast.ops, "ra_tail", fake_ra_tail)
-    block = BasicBlock3d(8, 8, attention=True, reduction=4, impl="fused").double().eval()
+    monkeypatch.setattr(meranet_fast.nn.blocks, "ra_tail", fake_ra_tail)
+    block = BasicBlock3d(8, 8, attention=True, reduction=4, backend="cpp").double().eval()
     x, y, identity = _block_input(block)
     out = block(x)
     assert len(calls) == 1
@@ -237,17 +245,19 @@ def test_fused_block_tail_calls_ra_tail_with_the_blocks_parameters(monkeypatch):
     assert args[4].data_ptr() == w_e.data_ptr() and args[5] is b_e
     assert args[6] is block.sta.conv.weight and args[7] is block.sta.conv.bias
     torch.testing.assert_close(out, ra_tail_reference(*args))
-    block.impl = "eager"
+    assert backends == ["cpp"]
+    block.backend = "eager"
     block(x)
     assert len(calls) == 1  # the eager tail does not use the fused operator
 
 
 def test_fused_block_calls_the_attention_modules_when_they_are_hooked(monkeypatch):
-    import meranet_fast.ops
+    import meranet_fast.nn.blocks
 
     calls = []
-    monkeypatch.setattr(meranet_fast.ops, "ra_tail", lambda *a: calls.append(a) or ra_tail_reference(*a))
-    block = BasicBlock3d(8, 8, attention=True, reduction=4, impl="fused").double().eval()
+    monkeypatch.setattr(meranet_fast.nn.blocks, "ra_tail",
+                        lambda *a, backend: calls.append(a) or ra_tail_reference(*a))
+    block = BasicBlock3d(8, 8, attention=True, reduction=4).double().eval()
     x, _, _ = _block_input(block)
     expected = block(x)
     assert len(calls) == 1
@@ -263,15 +273,15 @@ def test_fused_block_calls_the_attention_modules_when_they_are_hooked(monkeypatc
 
 
 def test_fused_block_casts_the_shortcut_to_the_activation_dtype(monkeypatch):
-    import meranet_fast.ops
+    import meranet_fast.nn.blocks
 
     dtypes = []
 
-    def fake_ra_tail(y, shortcut, *rest):
+    def fake_ra_tail(y, shortcut, *rest, backend):
         dtypes.append((y.dtype, shortcut.dtype))
         return ra_tail_reference(y, shortcut, *rest)
 
-    monkeypatch.setattr(meranet_fast.ops, "ra_tail", fake_ra_tail)
+    monkeypatch.setattr(meranet_fast.nn.blocks, "ra_tail", fake_ra_tail)
     block = BasicBlock3d(8, 8, attention=True, reduction=4).double().eval()
     y = torch.randn(1, 8, 2, 3, 3, dtype=torch.float64)
     out = block._attention_tail(y, torch.randn(1, 8, 2, 3, 3, dtype=torch.float32))

@@ -84,7 +84,7 @@ def test_trainer_writes_no_plots_without_matplotlib(monkeypatch, tmp_path, capsy
 
     monkeypatch.setattr(trainer, "available", lambda module: module != "matplotlib")
     cfg = make_config("paper", dataset="synthetic", synth_subjects=3, synth_per_class=2, synth_frames=6, clip_len=4,
-                      size=32, model="resnet3d10", impl="eager", epochs=1, batch_size=4, workers=0, cache_dir="",
+                      size=32, model="resnet3d10", backend="eager", epochs=1, batch_size=4, workers=0, cache_dir="",
                       progress=False, out=str(tmp_path), device="cpu", warmup_steps=1)
     trainer.run_training(cfg)
     assert (tmp_path / "result.json").exists() and (tmp_path / "metrics.csv").exists()

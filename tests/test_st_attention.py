@@ -457,14 +457,14 @@ def test_convert_switches_modules_in_place():
     model = nn.Sequential(nn.Conv3d(3, 4, 1), SpatioTemporalAttention3d(5), nn.Sequential(SpatioTemporalAttention3d(3)))
     assert meranet_fast.convert(model) is model
     stas = [m for m in model.modules() if isinstance(m, SpatioTemporalAttention3d)]
-    assert len(stas) == 2 and all(m.impl == "fused" for m in stas)
+    assert len(stas) == 2 and all(m.backend == "auto" for m in stas)
     x = torch.randn(2, 3, 3, 6, 7)
     fused = model(x)
-    meranet_fast.convert(model, impl="eager")
-    assert all(m.impl == "eager" for m in stas)
+    meranet_fast.convert(model, backend="eager")
+    assert all(m.backend == "eager" for m in stas)
     torch.testing.assert_close(fused, model(x), atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="impl must be one of"):
-        meranet_fast.convert(model, impl="cuda")
+    with pytest.raises(ValueError, match="convert: backend must be one of"):
+        meranet_fast.convert(model, backend="fused")
 
 
 @pytest.mark.cuda

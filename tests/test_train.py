@@ -13,7 +13,7 @@ from fixtures.optional import need
 from meranet_fast.cli import COMMANDS, build_parser
 from meranet_fast.train.checkpoint import load_checkpoint, save_checkpoint
 from meranet_fast.train.config import make_config
-from meranet_fast.train.models import build_model, default_impl
+from meranet_fast.train.models import build_model
 from meranet_fast.train.schedule import make_scheduler, untuned_warmup_steps, warmup_cosine
 from meranet_fast.train.trainer import TrainingDiverged, prepare_data, run_training
 
@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny(out, **kw):
     """A run of a few seconds on CPU: MERANet-10 on 18 synthetic 4×32×32 clips, 2 epochs."""
     base = dict(dataset="synthetic", synth_subjects=3, synth_per_class=2, synth_frames=6, clip_len=4, size=32,
-                model="meranet10", impl="eager", epochs=2, batch_size=4, workers=0, cache_dir="", progress=False,
+                model="meranet10", backend="eager", epochs=2, batch_size=4, workers=0, cache_dir="", progress=False,
                 out=str(out), device="cpu", warmup_steps=2)
     base.update(kw)
     return make_config("paper", **base)
@@ -76,7 +76,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 def test_model_factory_names():
     assert build_model("resnet3d10", 3, "eager").fc.out_features == 3
-    assert default_impl() in ("eager", "fused")
+    assert build_model("meranet10", 3).backend == "auto"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        build_model("meranet10", 3, "fused")
     with pytest.raises(ValueError, match="unknown model"):
         build_model("meranet19", 3)
 

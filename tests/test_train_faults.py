@@ -116,7 +116,7 @@ def test_resume_with_both_checkpoints_damaged_says_how_to_go_on(tmp_path, capsys
     with pytest.raises(CheckpointError, match="last.pt is truncated.*last.prev.pt is corrupted.*start the run again"):
         run_training(tiny(tmp_path, epochs=3, resume=True))
     args = ["train", "--dataset", "synthetic", "--synth-subjects", "3", "--synth-per-class", "2", "--synth-frames",
-            "6", "--clip-len", "4", "--size", "32", "--model", "meranet10", "--impl", "eager", "--epochs", "3",
+            "6", "--clip-len", "4", "--size", "32", "--model", "meranet10", "--backend", "eager", "--epochs", "3",
             "--batch-size", "4", "--workers", "0", "--cache-dir", "", "--no-progress", "--device", "cpu",
             "--warmup-steps", "2", "--out", str(tmp_path), "--resume"]
     capsys.readouterr()

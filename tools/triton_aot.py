@@ -95,7 +95,7 @@ def _model_block_shapes(batch: int) -> list[tuple[int, ...]]:
     from meranet_fast.models import meranet18
     from meranet_fast.nn import ChannelAttention3d
 
-    model = meranet18(num_classes=3, impl="eager").to("meta")
+    model = meranet18(num_classes=3, backend="eager").to("meta")
     shapes = []
     for module in model.modules():
         if isinstance(module, ChannelAttention3d):

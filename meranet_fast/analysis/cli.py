@@ -35,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, default=3, help="classifier outputs (default: 3)")
     parser.add_argument("--shortcut", choices=SHORTCUT_TYPES, default="B",
                         help="residual shortcut type (default: B, the paper's parameter count)")
-    parser.add_argument("--impl", choices=("fused", "eager"), default="fused",
-                        help="MERANet attention tail: the fused operator (default, counted like its eager "
-                             "code) or the eager modules; the counts are the same")
+    parser.add_argument("--backend", choices=("auto", "eager"), default="auto",
+                        help="MERANet attention tail: the fused operator (auto, the default; counted like its "
+                             "eager code) or the eager modules; the counts are the same")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the full report as JSON")
 
 
@@ -59,8 +59,8 @@ def format_report(report: dict, paper: dict | None = None) -> str:
               f"{'stage':<7}{van['name']:>13}{mer['name']:>13}{'overhead':>22}"
               f"{van['name']:>12}{mer['name']:>12}{'overhead':>20}")
     rule = "-" * 99
-    impl = f"; {mer['name']} attention: {report['meranet_impl']}" if "meranet_impl" in report else ""
-    lines = [f"{van['name']} vs {mer['name']} on input {shape} (fvcore; 1 flop = 1 multiply-add{impl})", "",
+    backend = f"; {mer['name']} attention: {report['meranet_backend']}" if "meranet_backend" in report else ""
+    lines = [f"{van['name']} vs {mer['name']} on input {shape} (fvcore; 1 flop = 1 multiply-add{backend})", "",
              header, rule]
 
     def row(label: str, p0: int, p1: int, g0: float, g1: float, gfmt: str) -> None:
@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     """Measure both models, print the table and optionally write the JSON report."""
     t, h, w = args.input
     report = compare_models(args.depth, (1, 3, t, h, w), args.num_classes, shortcut=args.shortcut,
-                            impl=args.impl)
+                            backend=args.backend)
     paper = None
     if args.depth == 18:
         paper = {"vanilla": PAPER_RESNET3D18, "meranet": PAPER_MERANET18}

@@ -314,9 +314,9 @@ def compare_models(
     """3D ResNet vs MERANet of ``depth`` on ``input_shape``: both models' stats and MERANet's overhead.
 
     ``model_kwargs`` go to :func:`~meranet_fast.models.resnet3d` for both models (e.g. ``shortcut``;
-    ``impl``, default ``"fused"``: MERANet's attention tail, traced as ``meranet::ra_tail`` and counted
-    like its eager code, so both impls give the same numbers).
-    The result is JSON-serialisable: ``{"input_shape", "meranet_impl", "convention", "vanilla", "meranet",
+    ``backend``, default ``"auto"``: MERANet's attention tail, traced as ``meranet::ra_tail`` and counted
+    like its eager code, so ``"auto"`` and ``"eager"`` give the same numbers).
+    The result is JSON-serialisable: ``{"input_shape", "meranet_backend", "convention", "vanilla", "meranet",
     "overhead"}``
     with ``overhead[kind]`` = ``{"total": {"abs", "pct"}, "stages": {stage: {"abs", "pct"}}}`` for
     ``kind`` in ``params``, ``flops``.
@@ -338,7 +338,7 @@ def compare_models(
     }
     return {
         "input_shape": list(input_shape),
-        "meranet_impl": meranet_model.impl,
+        "meranet_backend": meranet_model.backend,
         "convention": "one multiply-add = one flop; element-wise ops 1/element; reductions 1/input element",
         "vanilla": vanilla.to_dict(),
         "meranet": meranet.to_dict(),

@@ -69,7 +69,7 @@ def _fused_attention_modules(model: torch.nn.Module) -> set[int]:
     skip = set()
     for m in model.modules():
         ca, sta = getattr(m, "ca", None), getattr(m, "sta", None)
-        if ca is not None and sta is not None and getattr(sta, "impl", "eager") == "fused":
+        if ca is not None and sta is not None and getattr(sta, "backend", "eager") != "eager":
             skip.update((id(ca), id(sta)))
     return skip
 
@@ -212,7 +212,7 @@ def _build(variant: str) -> torch.nn.Module:
     if variant == "resnet3d18":
         return models.resnet3d18(num_classes=3)
     if variant in ("meranet18-eager", "meranet18-fused", "meranet18-fused-compile"):
-        return models.meranet18(num_classes=3, impl="eager" if variant == "meranet18-eager" else "fused")
+        return models.meranet18(num_classes=3, backend="eager" if variant == "meranet18-eager" else "auto")
     raise ValueError(f"unknown model variant {variant!r}; known: {MODEL_VARIANTS}")
 
 

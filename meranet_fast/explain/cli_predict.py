@@ -20,8 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "video (default: the middle frame)")
     parser.add_argument("--json", default=None, help="also write the probabilities to this JSON file")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--impl", default="auto", choices=("auto", "eager", "fused"),
-                        help="spatio-temporal attention backend (default: auto)")
+    from meranet_fast.ops.backends import BACKENDS
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="attention backend (meranet_fast.ops.backends; default: auto)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -30,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
     from meranet_fast.train.checkpoint import CheckpointError
 
     try:
-        model, meta = load_trained(args.checkpoint, args.device, args.impl)
+        model, meta = load_trained(args.checkpoint, args.device, args.backend)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

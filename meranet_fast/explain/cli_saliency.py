@@ -25,8 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=None,
                         help="class name to explain with Grad-CAM (default: the predicted class)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--impl", default="auto", choices=("auto", "eager", "fused"),
-                        help="spatio-temporal attention backend of the forward pass (default: auto)")
+    from meranet_fast.ops.backends import BACKENDS
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="attention backend of the forward pass (meranet_fast.ops.backends; default: auto)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -38,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     from meranet_fast.train.checkpoint import CheckpointError
 
     try:
-        model, meta = load_trained(args.checkpoint, args.device, args.impl)
+        model, meta = load_trained(args.checkpoint, args.device, args.backend)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

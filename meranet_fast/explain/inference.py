@@ -19,14 +19,15 @@ __all__ = ["load_trained", "InputClip", "read_input", "predict"]
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
 
 
-def load_trained(checkpoint: str, device: str | torch.device = "cpu", impl: str = "auto") -> tuple[nn.Module, dict]:
+def load_trained(checkpoint: str, device: str | torch.device = "cpu",
+                 backend: str = "auto") -> tuple[nn.Module, dict]:
     """The model of a training checkpoint (``best.pt`` or ``last.pt``) in eval mode, and its metadata
     (``classes``, ``clip_len``, ``size``, ``model``, ...)."""
     state = load_checkpoint(checkpoint)
     if "meta" not in state:
         raise ValueError(f"{checkpoint} is not a meranet-fast training checkpoint (no 'meta' entry)")
     meta = state["meta"]
-    model = build_model(meta["model"], meta["num_classes"], impl, **meta["model_kwargs"])
+    model = build_model(meta["model"], meta["num_classes"], backend, **meta["model_kwargs"])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), meta
 

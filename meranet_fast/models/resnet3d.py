@@ -62,10 +62,10 @@ class ResNet3d(nn.Module):
         in_channels: input channels (3 for RGB).
         reduction, shared: channel-attention options; st_kernel_size: spatio-temporal-attention kernel
             size. Used only with ``attention=True``.
-        impl: ``"fused"`` (default) or ``"eager"``: the attention tail of every block
-            (:attr:`BasicBlock3d.impl <meranet_fast.nn.BasicBlock3d.impl>`); ``"fused"`` falls back to
-            the eager reference by itself where no fused kernel can run. Switch later with
-            :func:`meranet_fast.convert` or :attr:`impl`.
+        backend: the attention backend of every block (:mod:`meranet_fast.ops.backends`; see
+            :attr:`BasicBlock3d.backend <meranet_fast.nn.BasicBlock3d.backend>`); ``"auto"`` (default) falls
+            back to the eager reference by itself where no fused kernel can run. Switch later with
+            :func:`meranet_fast.convert` or :attr:`backend`.
 
     Input ``[N, in_channels, T, H, W]`` with any T >= 1 and H, W >= 32; output ``[N, num_classes]``.
     """
@@ -81,7 +81,7 @@ class ResNet3d(nn.Module):
         reduction: int = 16,
         st_kernel_size: int = 5,
         shared: str = "conv",
-        impl: str = "fused",
+        backend: str = "auto",
     ):
         super().__init__()
         if len(blocks) != len(STAGE_WIDTHS) or any(n < 1 for n in blocks):
@@ -99,7 +99,7 @@ class ResNet3d(nn.Module):
             nn.MaxPool3d(3, stride=2, padding=1),
         )
         block_kwargs = dict(shortcut=shortcut, attention=attention, reduction=reduction,
-                            st_kernel_size=st_kernel_size, shared=shared, impl=impl)
+                            st_kernel_size=st_kernel_size, shared=shared, backend=backend)
         for i, (n, out_width, stride) in enumerate(zip(blocks, STAGE_WIDTHS, _STAGE_STRIDES), start=1):
             stage = [BasicBlock3d(width, out_width, stride, **block_kwargs)]
             stage += [BasicBlock3d(out_width, out_width, 1, **block_kwargs) for _ in range(n - 1)]
@@ -110,18 +110,18 @@ class ResNet3d(nn.Module):
         init_weights_(self)
 
     @property
-    def impl(self) -> str:
-        """The blocks' ``impl`` (``"fused"`` / ``"eager"``); ``"mixed"`` if they differ.
+    def backend(self) -> str:
+        """The blocks' attention ``backend``; ``"mixed"`` if they differ.
 
         Assigning sets every block (as :func:`meranet_fast.convert` does)."""
-        impls = {m.impl for m in self.modules() if isinstance(m, BasicBlock3d)}
-        return impls.pop() if len(impls) == 1 else "mixed"
+        backends = {m.backend for m in self.modules() if isinstance(m, BasicBlock3d)}
+        return backends.pop() if len(backends) == 1 else "mixed"
 
-    @impl.setter
-    def impl(self, value: str) -> None:
+    @backend.setter
+    def backend(self, value: str) -> None:
         for m in self.modules():
             if isinstance(m, BasicBlock3d):
-                m.impl = value
+                m.backend = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -139,7 +139,7 @@ def resnet3d(
     reduction: int = 16,
     st_kernel_size: int = 5,
     shared: str = "conv",
-    impl: str = "fused",
+    backend: str = "auto",
 ) -> ResNet3d:
     """Build a 3D ResNet (``attention=False``) or MERANet (``attention=True``) of depth 10, 18 or 34.
 
@@ -149,7 +149,7 @@ def resnet3d(
         raise ValueError(f"depth must be one of {tuple(BLOCKS_PER_DEPTH)}, got {depth!r}")
     return ResNet3d(BLOCKS_PER_DEPTH[depth], num_classes=num_classes, attention=attention, stem_t=stem_t,
                     shortcut=shortcut, in_channels=in_channels, reduction=reduction,
-                    st_kernel_size=st_kernel_size, shared=shared, impl=impl)
+                    st_kernel_size=st_kernel_size, shared=shared, backend=backend)
 
 
 def resnet3d10(**kwargs) -> ResNet3d:

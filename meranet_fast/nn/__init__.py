@@ -1,9 +1,9 @@
 """Attention modules and the residual (attention) block of MERANet."""
 from meranet_fast.nn.attention import (
-    ST_IMPLS,
     ST_KERNEL_SIZES,
     ChannelAttention3d,
     SpatioTemporalAttention3d,
+    check_backend,
 )
 from meranet_fast.nn.blocks import SHORTCUT_TYPES, BasicBlock3d, ZeroPadShortcut3d, make_shortcut
 
@@ -13,7 +13,7 @@ __all__ = [
     "BasicBlock3d",
     "ZeroPadShortcut3d",
     "make_shortcut",
-    "ST_IMPLS",
+    "check_backend",
     "ST_KERNEL_SIZES",
     "SHORTCUT_TYPES",
 ]

@@ -10,14 +10,22 @@ import torch
 from torch import nn
 
 from meranet_fast.ops._checks import KERNEL_SIZES
+from meranet_fast.ops.backends import BACKENDS
 from meranet_fast.ops.reference import channel_attention_reference, st_attention_reference
+from meranet_fast.ops.st_attention import st_attention
 
-__all__ = ["ChannelAttention3d", "SpatioTemporalAttention3d", "ST_KERNEL_SIZES", "ST_IMPLS"]
+__all__ = ["ChannelAttention3d", "SpatioTemporalAttention3d", "ST_KERNEL_SIZES", "check_backend"]
 
 #: Kernel sizes of the spatio-temporal attention conv studied in the paper's ablation.
 ST_KERNEL_SIZES = KERNEL_SIZES
-#: Backends of :class:`SpatioTemporalAttention3d`: the eager reference or the fused ``meranet`` op.
-ST_IMPLS = ("eager", "fused")
+
+
+def check_backend(value: str) -> str:
+    """``value`` if it is a backend name of :mod:`meranet_fast.ops.backends`, else ``ValueError``."""
+    if value not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+    return value
+
 _SHARED_KINDS = ("conv", "mlp")
 
 
@@ -79,45 +87,41 @@ class SpatioTemporalAttention3d(nn.Module):
     Args:
         kernel_size: k, one of :data:`ST_KERNEL_SIZES` (3, 5 or 7; the paper uses 5).
         bias: whether the conv has a bias.
-        impl: ``"fused"`` (default: ``meranet_fast.ops.st_attention`` with ``backend="auto"``, which
-            runs the eager reference itself when no compiled kernel can run) or ``"eager"`` (the
-            PyTorch reference). A plain attribute: ``module.impl = "eager"`` switches the backend at
-            runtime; unknown values raise ``ValueError`` when assigned. Inside a
-            :class:`~meranet_fast.nn.BasicBlock3d` it is also the block's ``impl``: ``"fused"`` runs the
-            whole tail as one ``ra_tail`` operator.
+        backend: a backend of :mod:`meranet_fast.ops.backends`, passed to
+            :func:`meranet_fast.ops.st_attention`: ``"auto"`` (default: the compiled or Triton kernels that can
+            run, the eager reference when none can, ``$MERANET_BACKEND`` when set), ``"eager"``, ``"cpp"``,
+            ``"cuda"`` or ``"triton"``. An attribute: ``module.backend = "eager"`` switches it at run time;
+            unknown names raise ``ValueError`` when assigned. Inside a
+            :class:`~meranet_fast.nn.BasicBlock3d` it is also the block's ``backend``: every backend but
+            ``"eager"`` runs the whole tail as one ``ra_tail`` operator.
     """
 
-    def __init__(self, kernel_size: int = 5, bias: bool = True, impl: str = "fused"):
+    def __init__(self, kernel_size: int = 5, bias: bool = True, backend: str = "auto"):
         super().__init__()
         if kernel_size not in ST_KERNEL_SIZES:
             raise ValueError(f"kernel_size must be one of {ST_KERNEL_SIZES}, got {kernel_size!r}")
         self.conv = nn.Conv3d(2, 1, kernel_size, padding=kernel_size // 2, bias=bias)
-        self.impl = impl
+        self.backend = backend
 
     @property
-    def impl(self) -> str:
-        return self._impl
+    def backend(self) -> str:
+        return self._backend
 
-    @impl.setter
-    def impl(self, value: str) -> None:
-        if value not in ST_IMPLS:
-            raise ValueError(f"impl must be one of {ST_IMPLS}, got {value!r}")
-        self._impl = value
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_backend(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.impl == "fused":
-            # Imported here: the fused op may need the compiled extension, the eager path never does.
-            from meranet_fast.ops import st_attention
-
-            return st_attention(x, self.conv.weight, self.conv.bias)
-        return st_attention_reference(x, self.conv.weight, self.conv.bias)[0]
+        if self.backend == "eager":
+            return st_attention_reference(x, self.conv.weight, self.conv.bias)[0]
+        return st_attention(x, self.conv.weight, self.conv.bias, backend=self.backend)
 
     def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(out, attn)`` with the attention map ``attn`` of shape ``[N, 1, T, H, W]`` (for saliency).
 
-        Always runs the eager reference, whatever :attr:`impl` says, since the map is needed.
+        Always runs the eager reference, whatever :attr:`backend` says, since the map is needed.
         """
         return st_attention_reference(x, self.conv.weight, self.conv.bias)
 
     def extra_repr(self) -> str:
-        return f"impl={self.impl!r}"
+        return f"backend={self.backend!r}"

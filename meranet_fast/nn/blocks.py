@@ -2,8 +2,8 @@
 
 ``BasicBlock3d(attention=False)`` is the plain 3D ResNet basic block; ``attention=True`` makes it the
 paper's residual attention (RA) block. Both share the tail ``relu(attend(y) + shortcut(x))`` in
-:meth:`BasicBlock3d._attention_tail`; with ``impl="fused"`` (the default) an RA block runs that whole
-tail as one operator, :func:`meranet_fast.ops.ra_tail`, on the same parameters.
+:meth:`BasicBlock3d._attention_tail`; with any backend but ``"eager"`` (the default is ``"auto"``) an RA
+block runs that whole tail as one operator, :func:`meranet_fast.ops.ra_tail`, on the same parameters.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meranet_fast.nn.attention import ST_IMPLS, ChannelAttention3d, SpatioTemporalAttention3d
+from meranet_fast.nn.attention import ChannelAttention3d, SpatioTemporalAttention3d, check_backend
+from meranet_fast.ops.ra_tail import ra_tail
 
 __all__ = ["BasicBlock3d", "ZeroPadShortcut3d", "make_shortcut", "SHORTCUT_TYPES"]
 
@@ -72,21 +73,22 @@ class BasicBlock3d(nn.Module):
         attention: add channel attention (``ca``) and spatio-temporal attention (``sta``).
         reduction, shared: channel-attention options (:class:`ChannelAttention3d`).
         st_kernel_size: spatio-temporal-attention kernel size (:class:`SpatioTemporalAttention3d`).
-        impl: ``"fused"`` (default) or ``"eager"``, see :attr:`impl`.
+        backend: a backend of :mod:`meranet_fast.ops.backends` (default ``"auto"``), see :attr:`backend`.
 
-    ``impl`` of an RA block is the ``impl`` of its ``sta`` module (one attribute, so
-    :func:`meranet_fast.convert` and ``block.impl = ...`` switch the same thing):
+    ``backend`` of an RA block is the ``backend`` of its ``sta`` module (one attribute, so
+    :func:`meranet_fast.convert` and ``block.backend = ...`` switch the same thing):
 
-    * ``"fused"``: the tail ``relu(sta(ca(y)) + shortcut(x))`` is one call to
-      :func:`meranet_fast.ops.ra_tail` (``backend="auto"``: C++ on CPU, Triton on CUDA, the eager
-      reference when neither can run, e.g. without the compiled extension). If forward (pre-)hooks
-      are registered on ``ca`` or ``sta`` (saliency maps, profiling scopes), the tail calls the two
-      modules instead so the hooks fire; ``sta`` then still uses its fused op. (Hooks are ignored
-      under ``torch.jit.trace``, e.g. by fvcore, which then records ``meranet::ra_tail``.)
+    * ``"auto"``, ``"cpp"``, ``"cuda"``, ``"triton"``: the tail ``relu(sta(ca(y)) + shortcut(x))`` is one call
+      to :func:`meranet_fast.ops.ra_tail` with that backend (``"auto"``: C++ on CPU, Triton on CUDA, the
+      eager reference when neither can run, e.g. without the compiled extension; ``$MERANET_BACKEND``
+      when set). If forward (pre-)hooks are registered on ``ca`` or ``sta`` (saliency maps, profiling
+      scopes), the tail calls the two modules instead so the hooks fire; ``sta`` then still uses its
+      fused op. (Hooks are ignored under ``torch.jit.trace``, e.g. by fvcore, which then records
+      ``meranet::ra_tail``.)
     * ``"eager"``: ``ca`` and ``sta`` run the PyTorch reference, the numerical reference of the
       fused path.
 
-    Without attention ``impl`` is accepted and validated but changes nothing.
+    Without attention ``backend`` is accepted and validated but changes nothing.
     """
 
     def __init__(
@@ -99,12 +101,10 @@ class BasicBlock3d(nn.Module):
         reduction: int = 16,
         st_kernel_size: int = 5,
         shared: str = "conv",
-        impl: str = "fused",
+        backend: str = "auto",
     ):
         super().__init__()
-        if impl not in ST_IMPLS:
-            raise ValueError(f"impl must be one of {ST_IMPLS}, got {impl!r}")
-        self._plain_impl = impl
+        self._plain_backend = check_backend(backend)
         self.conv1 = nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm3d(out_channels)
         self.relu = nn.ReLU(inplace=True)
@@ -114,21 +114,19 @@ class BasicBlock3d(nn.Module):
         self.attention = attention
         if attention:
             self.ca = ChannelAttention3d(out_channels, reduction=reduction, shared=shared)
-            self.sta = SpatioTemporalAttention3d(st_kernel_size, impl=impl)
+            self.sta = SpatioTemporalAttention3d(st_kernel_size, backend=backend)
 
     @property
-    def impl(self) -> str:
-        """``"fused"`` or ``"eager"``; for an RA block, the ``impl`` of its ``sta`` module."""
-        return self.sta.impl if self.attention else self._plain_impl
+    def backend(self) -> str:
+        """The attention backend; for an RA block, the ``backend`` of its ``sta`` module."""
+        return self.sta.backend if self.attention else self._plain_backend
 
-    @impl.setter
-    def impl(self, value: str) -> None:
+    @backend.setter
+    def backend(self, value: str) -> None:
         if self.attention:
-            self.sta.impl = value  # validates
-        elif value not in ST_IMPLS:
-            raise ValueError(f"impl must be one of {ST_IMPLS}, got {value!r}")
+            self.sta.backend = value  # validates
         else:
-            self._plain_impl = value
+            self._plain_backend = check_backend(value)
 
     def _attention_hooked(self) -> bool:
         """Whether ``ca`` or ``sta`` has forward (pre-)hooks, which need the modules to be called.
@@ -147,11 +145,10 @@ class BasicBlock3d(nn.Module):
     def _attention_tail(self, y: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         """``relu(sta(ca(y)) + identity)`` (paper eq. 10–12); ``relu(y + identity)`` without attention."""
         if self.attention:
-            if self.sta.impl == "fused" and not self._attention_hooked():
-                from meranet_fast.ops import ra_tail  # the eager path never needs the op layer
-
+            if self.sta.backend != "eager" and not self._attention_hooked():
                 if identity.dtype != y.dtype:  # autocast: the shortcut may come out in another dtype
                     identity = identity.to(y.dtype)
-                return ra_tail(y, identity, *self.ca.shared_weights(), self.sta.conv.weight, self.sta.conv.bias)
+                return ra_tail(y, identity, *self.ca.shared_weights(), self.sta.conv.weight, self.sta.conv.bias,
+                               backend=self.sta.backend)
             y = self.sta(self.ca(y))
         return torch.relu(y + identity)

@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
     dist = init_distributed(cfg.device)
     datasets = make_split_datasets(cfg, samples, classes, split)
     trainer = Trainer(cfg, classes, datasets, args.out or ".", dist, split_name=split.name)
-    model = build_model(meta["model"], meta["num_classes"], cfg.impl, **meta["model_kwargs"])
+    model = build_model(meta["model"], meta["num_classes"], cfg.backend, **meta["model_kwargs"])
     model.load_state_dict(state["model"])
     model = model.to(dist.device).to(memory_format=trainer.memory_format)
     dataset = dict(zip(("train", "val", "test"), datasets))[args.split]

@@ -63,6 +63,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from meranet_fast.ops.backends import BACKENDS
+
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS),
                         help="starting configuration: 'paper' (the paper's recipe) or 'demo' (synthetic data, "
                              "small clips, MERANet-18, 6 epochs: a few minutes on a CPU); options given on the "
@@ -70,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     g = parser.add_argument_group("model")
     _opt(g, "--model", "meranet10|18|34 (residual attention) or resnet3d10|18|34")
-    _opt(g, "--impl", "spatio-temporal attention backend: auto (fused if meranet_fast.ops.st_attention "
-         "imports, else eager), eager or fused", choices=("auto", "eager", "fused"))
+    _opt(g, "--backend", "attention backend (meranet_fast.ops.backends): auto (the fused kernels the device "
+         "allows, else eager; $MERANET_BACKEND when set), eager, cpp, cuda or triton", choices=BACKENDS)
     _opt(g, "--stem-t", "temporal kernel size of the stem convolution (odd)", type=int)
     _opt(g, "--shortcut", "residual shortcut: A (parameter-free) or B (1x1x1 conv + BN)", choices=("A", "B"))
     _opt(g, "--st-kernel-size", "spatio-temporal attention kernel size", type=int, choices=(3, 5, 7))

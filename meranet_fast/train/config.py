@@ -39,7 +39,7 @@ class TrainConfig:
     synth_noise: float = 0.03
     # model
     model: str = "meranet18"
-    impl: str = "auto"
+    backend: str = "auto"
     stem_t: int = 3
     shortcut: str = "B"
     st_kernel_size: int = 5

@@ -16,7 +16,8 @@ __all__ = ["MAY_CHANGE", "ResumeMismatch", "data_identity", "config_differences"
 
 #: Configuration keys that may differ between a run and its resumption.
 MAY_CHANGE = frozenset({"out", "resume", "stop_after_epochs", "progress", "workers", "device", "cache_dir",
-                        "compile", "channels_last", "impl", "data_root", "annotation"})
+                        "compile", "channels_last", "backend", "data_root", "annotation",
+                        "impl"})  # "impl": the attention-backend key of checkpoints before "backend"
 #: Sample ids listed per kind of difference before the rest is counted.
 _SHOWN = 5
 

@@ -48,6 +48,7 @@ from meranet_fast.data.dataset import ClipDataset
 from meranet_fast.data.registry import DATASETS, load_dataset
 from meranet_fast.data.samples import Sample
 from meranet_fast.data.splits import Split, holdout_protocol, loso_protocol
+from meranet_fast.ops.backends import resolve_backend
 from meranet_fast.train.checkpoint import (
     load_checkpoint_or_previous,
     previous_path,
@@ -58,7 +59,7 @@ from meranet_fast.train.checkpoint import (
 from meranet_fast.train.config import TrainConfig
 from meranet_fast.train.distributed import DistContext, init_distributed
 from meranet_fast.train.metrics import classification_metrics, confusion_matrix
-from meranet_fast.train.models import build_model, resolve_impl
+from meranet_fast.train.models import build_model
 from meranet_fast.train.plots import NO_PLOTS, plot_confusion, plot_curves
 from meranet_fast.train.resume import check_resumable, data_identity
 from meranet_fast.train.schedule import make_scheduler, untuned_warmup_steps
@@ -164,8 +165,9 @@ class Trainer:
             raise ValueError(f"empty split (train/val/test sizes {[len(d) for d in datasets]}); "
                              "use more samples or other fractions")
         self.model_factory = model_factory or (
-            lambda n: build_model(cfg.model, n, cfg.impl, **cfg.model_kwargs()))
+            lambda n: build_model(cfg.model, n, cfg.backend, **cfg.model_kwargs()))
         self.device = dist.device
+        self.backend_resolved = resolve_backend(cfg.backend, self.device, None, "ra_tail")
         cuda = self.device.type == "cuda"
         use_cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda)
         self.memory_format = torch.channels_last_3d if use_cl else torch.contiguous_format
@@ -314,7 +316,7 @@ class Trainer:
             self.log(f"resumed {resumed_from} at epoch {start}/{cfg.epochs}")
         if dist.is_main:
             with open(self.path("config.json"), "w") as f:
-                json.dump({**cfg.to_dict(), "classes": list(self.classes), "impl_resolved": resolve_impl(cfg.impl),
+                json.dump({**cfg.to_dict(), "classes": list(self.classes), "backend_resolved": self.backend_resolved,
                            "world_size": dist.world_size, "train_size": len(self.train_ds),
                            "val_size": len(self.val_ds), "test_size": len(self.test_ds),
                            "warmup_steps_resolved": warmup, "total_steps": total_steps}, f, indent=2)
@@ -425,10 +427,10 @@ def run_training(cfg: TrainConfig, model_factory: Callable[[int], nn.Module] | N
     dist = init_distributed(cfg.device)
     try:
         samples, classes, splits = prepare_data(cfg, verbose=dist.is_main)
-        impl = resolve_impl(cfg.impl)
+        backend = resolve_backend(cfg.backend, dist.device, None, "ra_tail")  # fails early if it cannot run
         if dist.is_main:
             print(f"{cfg.dataset}: {len(samples)} samples, classes {', '.join(classes)}; model {cfg.model} "
-                  f"(attention impl: {impl}); protocol {cfg.protocol} ({len(splits)} split(s)); "
+                  f"(attention backend: {backend}); protocol {cfg.protocol} ({len(splits)} split(s)); "
                   f"{dist.world_size} process(es) on {dist.device}")
         results = []
         for split in splits:
