@@ -83,9 +83,8 @@ class TrainConfig:
 #: Named starting points; command-line options override them.
 PRESETS: dict[str, dict] = {
     "paper": {},
-    # MERANet-18 on 120 synthetic 8×40×40 clips for 5 epochs, test accuracy 1.0 (chance 0.33). Measured on
-    # 2 CPU cores shared with other jobs (load average 4-6): 156 s and 377 s wall; the quietest epoch took
-    # 12 s, so about 1-1.5 minutes on idle cores. β2 = 0.95 makes the untuned warmup τ = 40 steps
+    # MERANet-18 on 120 synthetic 8×40×40 clips for 5 epochs: learnable to test accuracy 1.0 (chance 0.33)
+    # in a few minutes on 2 CPU cores (timings: README, "Quick start"). β2 = 0.95 makes the untuned warmup τ = 40 steps
     # (the rule ties τ to β2) so the rate peaks within the short run; no worker processes, since on two
     # cores a worker competes with the model for them and the clip cache makes loading cheap.
     "demo": {"dataset": "synthetic", "model": "meranet18", "synth_subjects": 8, "synth_per_class": 5,
