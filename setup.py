@@ -82,7 +82,7 @@ NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas", "-warn-
 
 
 def _extension():
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/composition/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     version_define = f'-DMERANET_TORCH_VERSION="{torch.__version__.split("+")[0]}"'
     sanitize = _sanitizers()
     cxx_flags = ["-O1", "-g"] if sanitize else ["-O3"]

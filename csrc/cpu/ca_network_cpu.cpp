@@ -1,4 +1,4 @@
-// The channel-attention network (csrc/composition.h: ca_network, ca_network_backward) on CPU for small
+// The channel-attention network (csrc/composition/composition.h: ca_network, ca_network_backward) on CPU for small
 // sizes: plain vectorised loops, single-threaded. At MERANet's sizes ([2N, C] x [C, C/r] with N <= 8) the
 // GEMM library's per-call cost (threading, packing) is several times the arithmetic, and the ATen
 // composition makes about ten calls forward and fifteen backward.
@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "channel_attention.h"
-#include "composition.h"
+#include "composition/composition.h"
+#include "ops/channel_attention.h"
 #include "isa.h"
 
 #define MERANET_KERNELS_HEADER "ca_network_cpu_kernels.h"

@@ -1,4 +1,4 @@
-// CPU kernels of the channel-attention operators (csrc/channel_attention.h).
+// CPU kernels of the channel-attention operators (csrc/ops/channel_attention.h).
 //
 // Every kernel views an activation as [N, C, S] (S = T*H*W) in one of two dense layouts: NCTHW
 // (positions contiguous) or channels_last_3d (channels contiguous), with the inner loop running
@@ -20,7 +20,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "channel_attention.h"
+#include "ops/channel_attention.h"
 #include "isa.h"
 
 namespace meranet {

@@ -1,4 +1,4 @@
-// CPU kernels of the fused residual-attention tail (csrc/ra_tail.h).
+// CPU kernels of the fused residual-attention tail (csrc/ops/ra_tail.h).
 //
 // Same scheme as csrc/cpu/channel_attention_cpu.cpp: activations viewed as [N, C, S] in NCTHW or
 // channels_last_3d; elementwise NCTHW passes run whole (n, c) rows, reductions over channels run tasks
@@ -18,11 +18,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "channel_attention.h"
+#include "ops/channel_attention.h"
 #include "isa.h"
-#include "meranet_fast.h"
+#include "ops/meranet_fast.h"
 #include "pooled_attention_cpu.h"
-#include "ra_tail.h"
+#include "ops/ra_tail.h"
 
 namespace meranet {
 namespace {

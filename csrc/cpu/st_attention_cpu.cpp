@@ -40,9 +40,9 @@
 #include <vector>
 
 #include "isa.h"
-#include "meranet_fast.h"
+#include "ops/meranet_fast.h"
 #include "pooled_attention_cpu.h"
-#include "st_attention.h"
+#include "ops/st_attention.h"
 
 namespace meranet {
 namespace {

@@ -1,4 +1,4 @@
-// CUDA kernels of the channel-attention operators (csrc/channel_attention.h), registered for the CUDA
+// CUDA kernels of the channel-attention operators (csrc/ops/channel_attention.h), registered for the CUDA
 // dispatch key of meranet::ca_pool / ca_scale / ca_scale_grad / ca_input_grad. Values, dtypes, layouts
 // and tie rules follow the CPU kernels (csrc/cpu/channel_attention_cpu.cpp), which are the ground truth.
 //
@@ -31,8 +31,8 @@
 #include <optional>
 #include <tuple>
 
-#include "channel_attention.h"
 #include "cuda/common.cuh"
+#include "ops/channel_attention.h"
 
 namespace meranet {
 namespace {
@@ -53,7 +53,7 @@ int64_t num_chunks(int64_t S) { return std::max<int64_t>(1, ceil_div(S, kChunkLe
 //   kDotSta: gu * y, gu = g*A[s] + gP0[s]/C + gP1[s]*[c == I[s]]  (gradient through the STA) -> sum
 enum ReduceMode { kPool = 0, kDot = 1, kDotSta = 2 };
 
-// STA maps of the RA tail (csrc/ra_tail.h): attn [N, S], grad_pooled [N, 2, S], argmax [N, S] int32.
+// STA maps of the RA tail (csrc/ops/ra_tail.h): attn [N, S], grad_pooled [N, 2, S], argmax [N, S] int32.
 template <typename acc_t>
 struct StaMaps {
   const acc_t* attn = nullptr;

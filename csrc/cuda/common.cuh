@@ -1,6 +1,5 @@
-// Small helpers shared by the CUDA kernels of the channel-attention and RA-tail operators
-// (csrc/cuda/channel_attention_cuda.cu, csrc/cuda/ra_tail_cuda.cu). st_attention_cuda.cu keeps its own
-// (float-only) helpers; these are templated on the accumulation type (float, or double for float64).
+// Small helpers shared by the CUDA kernels of every operator (csrc/cuda/*_cuda.cu), templated on the
+// accumulation type where they compute (float, or double for float64).
 //
 // Activations are viewed as [N, C, S] (S = T*H*W, position s = (t*H + h)*W + w) in one of the two dense
 // layouts the CPU kernels use (meranet::dense_format):
@@ -63,9 +62,11 @@ __device__ __forceinline__ void elem_coords(int64_t i, int64_t C, int64_t S, int
 // indices in increasing order with max_update, partial results are merged with max_takes_over (NaN above
 // everything, larger value first, smaller index on equal values or between NaNs; kNoIndex marks "nothing
 // taken yet"). That is a total order on the pairs the accumulators can hold, so every merge order gives the
-// same (value, index).
+// same (value, index). An empty accumulator is (neg_inf, kNoIndex): any real candidate takes over from it
+// (on equal values by the smaller index), and it never takes over, so max_takes_over alone can also scan.
 // ---------------------------------------------------------------------------------------------
 constexpr int64_t kNoIndex = std::numeric_limits<int64_t>::max();
+constexpr int kNoIndex32 = std::numeric_limits<int>::max();  // the same for int32 indices (st_attention)
 
 template <typename acc_t>
 __device__ __forceinline__ void max_update(acc_t& best, int64_t& best_i, acc_t v, int64_t i) {
@@ -76,8 +77,8 @@ __device__ __forceinline__ void max_update(acc_t& best, int64_t& best_i, acc_t v
 }
 
 // Whether candidate (v, i) replaces the partial result (best, best_i).
-template <typename acc_t>
-__device__ __forceinline__ bool max_takes_over(acc_t v, int64_t i, acc_t best, int64_t best_i) {
+template <typename acc_t, typename index_t>
+__device__ __forceinline__ bool max_takes_over(acc_t v, index_t i, acc_t best, index_t best_i) {
   const bool v_nan = v != v, best_nan = best != best;
   if (v_nan || best_nan) return v_nan && (!best_nan || i < best_i);
   return v > best || (v == best && i < best_i);

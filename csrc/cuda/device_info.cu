@@ -1,7 +1,7 @@
 // Compile-time facts of the CUDA build, so the build query can report them.
 #include <cuda_runtime_api.h>
 
-#include "meranet_fast.h"
+#include "ops/meranet_fast.h"
 
 namespace meranet {
 

@@ -1,4 +1,4 @@
-// CUDA kernels of the fused residual-attention tail operators (csrc/ra_tail.h), registered for the CUDA
+// CUDA kernels of the fused residual-attention tail operators (csrc/ops/ra_tail.h), registered for the CUDA
 // dispatch key of meranet::ra_pool / ra_attend / ra_attend_bwd. Values, dtypes, layouts and tie rules
 // follow the CPU kernels (csrc/cpu/ra_tail_cpu.cpp), which are the ground truth.
 //
@@ -11,9 +11,9 @@
 //
 // ra_pool        channel_reduce_*_kernel<BWD = false>: per position, sum / max / argmax over c of u.
 // ra_attend      attn_kernel: one block per tile of kTT x kTH x kTW positions (one position per thread);
-//                P on the tile plus a halo of R in shared memory (zero outside the volume), w in shared
-//                memory; L, A = sigmoid(L).  Then attend_out_kernel (elementwise):
-//                out = relu(y * a * A + shortcut).
+//                P on the tile plus a halo of R in shared memory (zero outside the volume; load_halo in
+//                csrc/cuda/pooled_attention.cuh), w in shared memory; L, A = sigmoid(L).  Then
+//                attend_out_kernel (elementwise): out = relu(y * a * A + shortcut).
 // ra_attend_bwd  channel_reduce_*_kernel<BWD = true>: gz = g * [out > 0] (written), gA = sum_c gz*y*a,
 //                gL = gA * A * (1 - A).  pooled_grad_kernel (same tiles, gL + halo in shared memory):
 //                gP[ch, q] = sum_o w[ch, o] * gL[q - o + R], and one row of per-tile partials
@@ -40,17 +40,18 @@
 #include <limits>
 #include <optional>
 #include <tuple>
-#include <type_traits>
 
-#include "channel_attention.h"
 #include "cuda/common.cuh"
-#include "meranet_fast.h"
-#include "ra_tail.h"
+#include "cuda/pooled_attention.cuh"
+#include "ops/channel_attention.h"
+#include "ops/meranet_fast.h"
+#include "ops/ra_tail.h"
 
 namespace meranet {
 namespace {
 
 using namespace cuda_common;
+using namespace pooled_attention;
 
 constexpr int kWarp = 32;
 constexpr int kClThreads = 256;  // CL channel reduction: 8 warps per block, one position per warp
@@ -194,22 +195,6 @@ void launch_channel_reduce(const ReduceArgs<scalar_t, at::opmath_type<scalar_t>>
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// ---------------------------------------------------------------------------------------------
-// Halo tile of a [.., S] map in shared memory: dst[(i*HH + j)*HW + l] = src[(t*H + h)*W + x] with
-// (t, h, x) = (t0 - R + i, h0 - R + j, w0 - R + l), zero outside the volume.
-// ---------------------------------------------------------------------------------------------
-template <int K, typename acc_t>
-__device__ __forceinline__ void load_halo(const acc_t* __restrict__ src, acc_t* dst, int64_t t0, int64_t h0,
-                                          int64_t w0, int64_t T, int64_t H, int64_t W) {
-  constexpr int R = K / 2, HH = kTH + 2 * R, HW = kTW + 2 * R, HALO = (kTT + 2 * R) * HH * HW;
-  for (int e = threadIdx.x; e < HALO; e += blockDim.x) {
-    const int i = e / (HH * HW), j = (e / HW) % HH, l = e % HW;
-    const int64_t t = t0 - R + i, h = h0 - R + j, x = w0 - R + l;
-    const bool inside = t >= 0 && t < T && h >= 0 && h < H && x >= 0 && x < W;
-    dst[e] = inside ? src[(t * H + h) * W + x] : acc_t(0);
-  }
-}
-
 // ra_attend, part 1: A = sigmoid(b + conv(P)). Grid: one block of kTilePos threads per tile.
 template <typename acc_t, int K>
 __global__ void __launch_bounds__(kTilePos)
@@ -222,8 +207,7 @@ attn_kernel(const acc_t* __restrict__ P, const acc_t* __restrict__ w, const acc_
   int64_t n, t0, h0, w0;
   tile_origin(blockIdx.x, tl, n, t0, h0, w0);
   for (int e = threadIdx.x; e < 2 * KKK; e += blockDim.x) sh_w[e] = w[e];
-  load_halo<K>(P + (2 * n) * S, sh_p, t0, h0, w0, T, H, W);
-  load_halo<K>(P + (2 * n + 1) * S, sh_p + HALO, t0, h0, w0, T, H, W);
+  load_halo(sh_p, P + (2 * n) * S, 2, S, T, H, W, t0, h0, w0, R, kTT + 2 * R, HH, HW);
   __syncthreads();
 
   int lt, lh, lw;
@@ -279,7 +263,7 @@ pooled_grad_kernel(const acc_t* __restrict__ gl, const acc_t* __restrict__ P, co
   int64_t n, t0, h0, w0;
   tile_origin(blockIdx.x, tl, n, t0, h0, w0);
   for (int e = threadIdx.x; e < 2 * KKK; e += blockDim.x) sh_w[e] = w[e];
-  load_halo<K>(gl + n * S, sh_g, t0, h0, w0, T, H, W);
+  load_halo(sh_g, gl + n * S, 1, S, T, H, W, t0, h0, w0, R, kTT + 2 * R, HH, HW);
   int lt, lh, lw;
   tile_local(threadIdx.x, lt, lh, lw);
   const int64_t t = t0 + lt, h = h0 + lh, x = w0 + lw;
@@ -341,16 +325,6 @@ __global__ void sum_rows_kernel(const acc_t* __restrict__ partial, int64_t rows,
   acc_t total = 0;
   for (int64_t r = 0; r < rows; ++r) total += partial[r * row + j];
   out[j] = total;
-}
-
-template <typename F>
-void with_k(int64_t k, F&& f) {
-  switch (k) {
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 7: f(std::integral_constant<int, 7>{}); break;
-    default: TORCH_CHECK(false, "ra_tail (CUDA): weight kernel size k must be 3, 5 or 7, got ", k);
-  }
 }
 
 Tiles tiles_of(int64_t T, int64_t H, int64_t W) {
@@ -426,7 +400,7 @@ std::tuple<at::Tensor, at::Tensor> ra_attend_cuda(const at::Tensor& y_in, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "ra_attend_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* bptr = has_bias ? b_acc.data_ptr<acc_t>() : nullptr;
-    with_k(weight.size(2), [&](auto k_tag) {
+    with_kernel_size("ra_tail", weight.size(2), [&](auto k_tag) {
       constexpr int K = decltype(k_tag)::value;
       attn_kernel<acc_t, K><<<static_cast<unsigned>(tiles), kTilePos, 0, stream>>>(
           P.data_ptr<acc_t>(), w_acc.data_ptr<acc_t>(), bptr, t, h, w, tl, attn.data_ptr<acc_t>());
@@ -482,7 +456,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ra_attend_bwd_cuda(
       args.C = c;
       args.S = S;
       launch_channel_reduce<scalar_t, true>(args, cl, stream);
-      with_k(k, [&](auto k_tag) {
+      with_kernel_size("ra_tail", k, [&](auto k_tag) {
         constexpr int K = decltype(k_tag)::value;
         pooled_grad_kernel<acc_t, K><<<static_cast<unsigned>(tiles), kTilePos, 0, stream>>>(
             gl.data_ptr<acc_t>(), P.data_ptr<acc_t>(), w_acc.data_ptr<acc_t>(), t, h, w, tl,

@@ -1,6 +1,6 @@
 """The autograd formula of st_attention's (forward, backward) operator pairs, one definition for the C++
 and the Triton pair (docs/design.md §2.1). channel_attention and ra_tail have theirs in C++
-(csrc/composition.h)."""
+(csrc/composition/composition.h)."""
 from __future__ import annotations
 
 import torch

@@ -1,7 +1,7 @@
 """Input validation of every fused op, shared by every backend's Python layer, and the dtype rules of every
 fused op (accumulation type, which backends take float64).
 
-The wording matches the C++ checks (csrc/st_attention_checks.cpp), so an error reads the same whichever
+The wording matches the C++ checks (csrc/ops/st_attention_checks.cpp), so an error reads the same whichever
 backend raised it.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Python side of the C++ operators in ``meranet_fast._C`` (backends ``"cpp"`` and ``"cuda"``): their
 fake kernels and st_attention's autograd. The composed operators (``channel_attention``, ``ra_tail``) have
-their autograd in C++ (csrc/composition.cpp). Nothing is registered when the extension did not load."""
+their autograd in C++ (csrc/composition/composition.cpp). Nothing is registered when the extension did not load."""
 from __future__ import annotations
 
 import torch

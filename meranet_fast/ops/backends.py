@@ -15,7 +15,7 @@ Backends (the ``backend=`` argument of ``st_attention``, ``channel_attention`` a
 
 An explicit backend (argument or ``$MERANET_BACKEND``) that cannot run raises ``RuntimeError`` saying
 why, one whose kernels refuse the dtype ``TypeError``; the message has the same form for every op.
-``channel_attention`` and ``ra_tail`` are composed in ``meranet_fast._C`` (csrc/composition.cpp), so
+``channel_attention`` and ``ra_tail`` are composed in ``meranet_fast._C`` (csrc/composition/composition.cpp), so
 every backend of theirs but ``"eager"`` needs the extension, ``"triton"`` included.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ _OLD_ENV_BACKEND = "MERANET_ST_ATTENTION_BACKEND"
 #: the C++ operators' fake kernels.
 AUTO_ORDER = {"cpu": ("cpp",), "cuda": ("triton", "cuda"), "meta": ("cpp",)}
 
-#: Ops whose composition and autograd are C++ (csrc/composition.cpp): they need meranet_fast._C for
+#: Ops whose composition and autograd are C++ (csrc/composition/composition.cpp): they need meranet_fast._C for
 #: every backend but "eager".
 _COMPOSED_IN_CPP = ("channel_attention", "ra_tail")
 

@@ -24,8 +24,8 @@ written once by ``ca_input_grad``. The network is 2 matmuls on ``[2N, C]`` rows,
 costs nothing; both variants of the paper (1x1x1 convs or Linear layers) pass their weights as
 2-D matrices (``ChannelAttention3d.shared_weights()``) and biases may be ``None``.
 
-The composition and its autograd are C++ (csrc/channel_attention_op.cpp, shared pieces in
-csrc/composition.h): one composition for every backend, whose kernel-level ops it looks up by name
+The composition and its autograd are C++ (csrc/composition/channel_attention_op.cpp, shared pieces in
+csrc/composition/composition.h): one composition for every backend, whose kernel-level ops it looks up by name
 (``meranet::ca_pool`` or ``meranet::ca_pool_triton``), and a call costs one dispatch from Python and
 its backward none (docs/design.md §4.2). So every backend but ``"eager"`` needs ``meranet_fast._C``
 (:mod:`meranet_fast.ops.backends` says so); this module holds the public functions, the fake kernels

@@ -26,7 +26,7 @@ the shortcut is not saved. Inside the backward the gradient wrt u = y * a is
 ``gu = gz * A + gP[0] / C + gP[1] [c == I]`` and ``gy = gu * a + g_avg / THW + g_max [thw == argmax]``.
 Ties in either max go to the first index (channel / flat position); eager ``amax`` splits them.
 
-Composed in C++ with C++ autograd like ``channel_attention`` (csrc/ra_tail_op.cpp; see that module's
+Composed in C++ with C++ autograd like ``channel_attention`` (csrc/composition/ra_tail_op.cpp; see that module's
 docstring): ``meranet::ra_tail`` returns the saved maps next to ``out``, ``meranet::ra_tail_backward``
 is the backward above; both have fake kernels (``_fakes``), so torch.compile and opcheck see two operators.
 """

@@ -3,14 +3,16 @@ and checks that the CUDA tests fail on each with the expected message (docs/desi
 
     python tools/cuda_emu/plant_bugs.py [--out build/cuda_emu] [--only NAME ...]
 
-For each bug only the file it is planted in is recompiled; the other files' objects come from the
-emulated build in --out (built first if needed). A small subset of tests/test_cuda_kernels.py runs
-against the result, in the forward thread order. Exits 1 if a planted bug is not caught (or is caught
-without its expected message), or if a bug's text is no longer found in the sources (then update it here).
+For each bug only the .cu file it is planted in (or, for a .cuh, the .cu files including it) is
+recompiled; the other files' objects come from the emulated build in --out (built first if needed). A
+small subset of tests/test_cuda_kernels.py runs against the result, in the forward thread order. Exits 1
+if a planted bug is not caught (or is caught without its expected message), or if a bug's text is no
+longer found in the sources (then update it here).
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import shutil
@@ -36,7 +38,7 @@ SUBSET = [f"{_TEST}[shape0-dtype0-channels_last_3d-3]", f"{_TEST}[shape0-dtype0-
 @dataclass
 class Bug:
     name: str
-    file: str      # under csrc/cuda
+    file: str      # under csrc/cuda (.cu, or a .cuh: the .cu files including it are recompiled)
     find: str      # text replaced (must occur exactly once)
     replace: str
     expect: str    # regex the failing run's output must contain
@@ -53,9 +55,9 @@ BUGS = [
         "      if (lane < 16) sum += __shfl_down_sync(0xffffffffu, sum, off);\n",
         r"cuda_emu: kernel channel_reduce_cl_kernel<scalar_t = [\w:]+, acc_t = float, BWD = false> .*"
         r"__shfl_down_sync with mask 0xffffffff at block \(\d+,0,0\) thread \(\d+,0,0\): lane 16"),
-    Bug("global-off-by-one", "ra_tail_cuda.cu",
-        "h >= 0 && h < H && x >= 0 && x < W;\n    dst[e] =",
-        "h >= 0 && h < H && x >= 0 && x <= W;\n    dst[e] =",
+    Bug("global-off-by-one", "pooled_attention.cuh",
+        "gh >= 0 && gh < H && gw >= 0 && gw < W) {",
+        "gh >= 0 && gh < H && gw >= 0 && gw <= W) {",
         r"cuda_emu: kernel attn_kernel<acc_t = float, K = \d> .*invalid memory access \(AddressSanitizer\) in "
         r"block \(\d+,0,0\) thread \(\d+,0,0\):.*heap-buffer-overflow"),
     Bug("shared-off-by-one", "channel_attention_cuda.cu",
@@ -64,6 +66,17 @@ BUGS = [
         r"cuda_emu: kernel reduce_positions_kernel<scalar_t = float, acc_t = float, CL = (true|false), MODE = 0> .*"
         r"invalid memory access \(AddressSanitizer\) in block \(\d+,\d+,0\) thread \(\d+,\d+,0\):.*use-after-poison"),
 ]
+
+
+def including(cuda_dir: str, header: str) -> list[str]:
+    """The .cu files of cuda_dir that include `header` (a file name there), directly or through other .cuh."""
+    texts = {os.path.basename(p): open(p).read() for p in glob.glob(os.path.join(cuda_dir, "*.cu*"))}
+    found, grew = {header}, True
+    while grew:
+        new = {f for f, t in texts.items() if f not in found and any(f'"cuda/{h}"' in t for h in found)}
+        found |= new
+        grew = bool(new)
+    return sorted(f for f in found if f.endswith(".cu"))
 
 
 def plant(bug: Bug, main_out: str, work: str) -> tuple[bool, str]:
@@ -77,9 +90,10 @@ def plant(bug: Bug, main_out: str, work: str) -> tuple[bool, str]:
         return False, f"the text to replace occurs {text.count(bug.find)} times in {bug.file} (expected once)"
     with open(path, "w") as f:
         f.write(text.replace(bug.find, bug.replace))
+    planted = [bug.file] if bug.file.endswith(".cu") else including(os.path.join(src, "cuda"), bug.file)
     others = [os.path.join(main_out, os.path.splitext(f)[0] + ".o")
-              for f in emu_build.default_files(os.path.join(ROOT, "csrc")) if f != bug.file]
-    lib = emu_build.build(os.path.join(work, bug.name, "out"), src, [bug.file], jobs=1, link_objects=others,
+              for f in emu_build.default_files(os.path.join(ROOT, "csrc")) if f not in planted]
+    lib = emu_build.build(os.path.join(work, bug.name, "out"), src, planted, jobs=1, link_objects=others,
                           quiet=True)
     r = run_tests(lib, None, "forward", SUBSET, tests=[], capture=True)
     output = r.stdout + r.stderr

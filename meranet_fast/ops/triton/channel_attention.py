@@ -1,6 +1,6 @@
 """Triton kernels of the channel-attention operators: ``torch.ops.meranet.ca_*_triton``.
 
-Same schemas and semantics as the C++ ops (csrc/channel_attention.h), composed with autograd by
+Same schemas and semantics as the C++ ops (csrc/ops/channel_attention.h), composed with autograd by
 meranet_fast/ops/channel_attention.py and ra_tail.py:
 
   ca_pool_triton(y)                     -> avg, max, first argmax over T*H*W per (n, c)   read y

@@ -1,6 +1,6 @@
 """Triton kernels of the fused residual-attention tail: ``torch.ops.meranet.ra_*_triton``.
 
-Same schemas and semantics as the C++ ops (csrc/ra_tail.h):
+Same schemas and semantics as the C++ ops (csrc/ops/ra_tail.h):
 
   ra_pool_triton(y, scale)            -> pooled [N,2,T,H,W] (mean_c, max_c of u = y * scale), argmax_c
                                                                                   read y

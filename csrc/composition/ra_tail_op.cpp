@@ -4,7 +4,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-#include "composition.h"
+#include "composition/composition.h"
 
 namespace meranet {
 namespace {

@@ -12,7 +12,7 @@
 
 namespace meranet {
 
-// Every message names the argument that is wrong (csrc/st_attention_checks.cpp).
+// Every message names the argument that is wrong (csrc/ops/st_attention_checks.cpp).
 void check_st_attention_forward_inputs(const at::Tensor& x, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias);
 void check_st_attention_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x,

@@ -5,8 +5,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-#include "channel_attention.h"
-#include "composition.h"
+#include "composition/composition.h"
+#include "ops/channel_attention.h"
 
 namespace meranet {
 namespace {

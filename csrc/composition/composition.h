@@ -1,5 +1,5 @@
-// What the composed operators share: meranet::channel_attention (csrc/channel_attention_op.cpp) and
-// meranet::ra_tail (csrc/ra_tail_op.cpp) chain kernel-level ops with the tiny [N, C] network, and their
+// What the composed operators share: meranet::channel_attention (csrc/composition/channel_attention_op.cpp) and
+// meranet::ra_tail (csrc/composition/ra_tail_op.cpp) chain kernel-level ops with the tiny [N, C] network, and their
 // autograd is C++ too, so a call costs one dispatch from Python and a backward none.
 //
 // One composition serves every backend: the kernel-level ops are looked up by name, "cpp" and "cuda"
@@ -21,7 +21,7 @@ namespace meranet {
 using at::Tensor;
 using OptTensor = std::optional<at::Tensor>;
 
-// The kernel-level ops of one backend (schemas in csrc/meranet.cpp).
+// The kernel-level ops of one backend (schemas in csrc/ops/meranet.cpp).
 struct Kernels {
   c10::TypedOperatorHandle<std::tuple<Tensor, Tensor, Tensor>(const Tensor&)> ca_pool;
   c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&)> ca_scale;

@@ -6,7 +6,7 @@
 #include <sstream>
 #include <string>
 
-#include "meranet_fast.h"
+#include "ops/meranet_fast.h"
 
 // Importing meranet_fast._C only has to run the static registrations below: an empty module.
 extern "C" PyObject* PyInit__C(void) {
@@ -39,12 +39,12 @@ std::string build_info() {
 
 TORCH_LIBRARY(meranet, m) {
   m.def("build_info() -> str", &meranet::build_info);
-  // Fused spatio-temporal attention (csrc/st_attention.h, docs/design.md §2.1).
+  // Fused spatio-temporal attention (csrc/ops/st_attention.h, docs/design.md §2.1).
   m.def("st_attention_fwd(Tensor x, Tensor weight, Tensor? bias) -> "
         "(Tensor out, Tensor attn, Tensor pooled, Tensor argmax)");
   m.def("st_attention_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor attn, Tensor pooled, "
         "Tensor argmax) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
-  // Channel attention and the fused residual-attention tail (csrc/channel_attention.h, csrc/ra_tail.h):
+  // Channel attention and the fused residual-attention tail (csrc/ops/channel_attention.h, csrc/ops/ra_tail.h):
   // kernel-level ops of every backend ("triton": the same schemas with a _triton suffix) ...
   m.def("ca_pool(Tensor y) -> (Tensor avg, Tensor max, Tensor argmax)");
   m.def("ca_scale(Tensor y, Tensor scale) -> Tensor");
@@ -56,8 +56,8 @@ TORCH_LIBRARY(meranet, m) {
         "(Tensor out, Tensor attn)");
   m.def("ra_attend_bwd(Tensor grad_out, Tensor out, Tensor y, Tensor scale, Tensor attn, Tensor pooled, "
         "Tensor weight) -> (Tensor grad_z, Tensor grad_pooled, Tensor grad_weight, Tensor grad_bias)");
-  // ... and the public operators composed from them, with C++ autograd (csrc/channel_attention_op.cpp,
-  // csrc/ra_tail_op.cpp); `backend` picks the kernels ("cpp", "cuda" or "triton").
+  // ... and the public operators composed from them, with C++ autograd (csrc/composition/channel_attention_op.cpp,
+  // csrc/composition/ra_tail_op.cpp); `backend` picks the kernels ("cpp", "cuda" or "triton").
   m.def("channel_attention(Tensor y, Tensor w_reduce, Tensor? b_reduce, Tensor w_expand, Tensor? b_expand, "
         "str backend) -> (Tensor out, Tensor a, Tensor avg, Tensor max, Tensor argmax)");
   m.def("channel_attention_backward(Tensor? grad_out, Tensor? grad_a, Tensor? grad_avg, Tensor? grad_max, "

@@ -1,8 +1,8 @@
 // Input validation for meranet::st_attention_fwd / _bwd, shared by every dispatch key.
 #include <c10/util/Exception.h>
 
-#include "meranet_fast.h"
-#include "st_attention.h"
+#include "ops/meranet_fast.h"
+#include "ops/st_attention.h"
 
 namespace meranet {
 

@@ -2,8 +2,8 @@
 // (each message names the operator and the argument that is wrong).
 #include <c10/util/Exception.h>
 
-#include "channel_attention.h"
-#include "ra_tail.h"
+#include "ops/channel_attention.h"
+#include "ops/ra_tail.h"
 
 namespace meranet {
 namespace {

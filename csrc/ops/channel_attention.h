@@ -10,7 +10,7 @@
 //   ca_scale_grad(g, y, [sta maps]) -> sum_thw gu * y per (n, c)                     read g, y
 //   ca_input_grad(g, scale, g_avg, g_max, argmax, [sta maps])
 //                                   -> gu * scale + g_avg / THW + g_max [thw == argmax]   read g, write gy
-// where gu = g, or, for the RA tail (csrc/ra_tail.h), the gradient wrt u = y * a through the
+// where gu = g, or, for the RA tail (csrc/ops/ra_tail.h), the gradient wrt u = y * a through the
 // spatio-temporal attention: gu = g * A + gP[0] / C + gP[1] [c == I].
 //
 // Small maps use the accumulation type ("acc"): float64 for float64 inputs, float32 otherwise.
@@ -26,7 +26,7 @@
 #include <optional>
 #include <tuple>
 
-#include "meranet_fast.h"
+#include "ops/meranet_fast.h"
 
 namespace meranet {
 

@@ -1,5 +1,5 @@
 // Fused residual-attention tail (paper eq. 10-12): out = relu(STA(y * a) + shortcut), a from channel
-// attention (csrc/channel_attention.h). Kernel-level operators (CPU in csrc/cpu/ra_tail_cpu.cpp):
+// attention (csrc/ops/channel_attention.h). Kernel-level operators (CPU in csrc/cpu/ra_tail_cpu.cpp):
 //
 //   ra_pool(y, scale)                    -> pooled [N,2,T,H,W] (mean_c, max_c of u = y * scale[n,c]),
 //                                           argmax [N,T,H,W] int32 (first channel)       read y
@@ -23,7 +23,7 @@
 
 namespace meranet {
 
-// Shared validation of the CPU and CUDA implementations (csrc/ra_tail_checks.cpp).
+// Shared validation of the CPU and CUDA implementations (csrc/ops/ra_tail_checks.cpp).
 void check_ra_attend_inputs(const at::Tensor& y, const at::Tensor& shortcut, const at::Tensor& scale,
                             const at::Tensor& pooled, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias);

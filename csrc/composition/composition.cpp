@@ -1,7 +1,7 @@
-// Kernel lookup per backend and the channel-attention network (csrc/composition.h).
-#include "composition.h"
+// Kernel lookup per backend and the channel-attention network (csrc/composition/composition.h).
+#include "composition/composition.h"
 
-#include "channel_attention.h"
+#include "ops/channel_attention.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
