@@ -15,6 +15,8 @@
 #                  (tools/triton_aot.py): register / spill / shared-memory limits checked, and Triton's
 #                  cache warmed for the benchmarks' autotuning
 #   bench_model    a cheap MERANet-18 benchmark (training step, batch 2 and 8, bf16, 3 reps)
+#   composition    ra_tail composed in C++ against a thin Python composition of the same CUDA kernels, per
+#                  call, at MERANet-18's block shapes (benchmarks/composition_overhead.py; docs/design.md §4.2)
 #   bench_<op>_<dtype>  each fused op against eager, torch.compile, CUDA C++ and Triton; the JSON is
 #                  rewritten after every shape, so a step cut off keeps what it measured
 # OUTDIR ends with three files (the GPU machine returns at most 8, 2 folders deep, 16 MiB each):
@@ -147,6 +149,8 @@ BENCH=("$PY" -m meranet_fast.cli bench --device "$DEVICE")
 if [ "$REHEARSAL" = 1 ]; then  # the same commands on tiny CPU work
     step bench_model 120 "${BENCH[@]}" --model --batch 2 --input 2x32x32 --dtype float32 --reps 1 --warmup 0 \
         --modes train --no-profile --models meranet18-eager,meranet18-fused --json "$WORK/bench_model.json"
+    step composition 60 "$PY" benchmarks/composition_overhead.py --device cpu --shapes 1x16x1x2x2 --reps 2 \
+        --warmup 1 --json "$WORK/composition.json"
     for op in ra_tail st_attention channel_attention; do
         step "bench_${op}_float32" 120 "${BENCH[@]}" --op "$op" --dtype float32 --shapes 1x8x2x5x6 \
             --backends eager,cuda,triton --reps 1 --warmup 0 --json "$WORK/bench_${op}_float32.json"
@@ -155,6 +159,8 @@ else
     step bench_model 75 "${BENCH[@]}" --model --batch 2,8 --input 16x112x112 --dtype bfloat16 --reps 3 --warmup 1 \
         --modes train --profile-reps 1 --models resnet3d18,meranet18-eager,meranet18-fused \
         --json "$WORK/bench_model.json"
+    step composition 30 "$PY" benchmarks/composition_overhead.py --device cuda --reps 20 --warmup 3 \
+        --json "$WORK/composition.json"
     for dtype in bfloat16 float32; do  # ra_tail first: it is what the model runs
         for op in ra_tail st_attention channel_attention; do
             step "bench_${op}_$dtype" 60 "${BENCH[@]}" --op "$op" --dtype "$dtype" \

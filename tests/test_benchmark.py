@@ -427,3 +427,22 @@ def test_the_kernel_level_st_attention_script_runs(tmp_path, triton_device):
     assert {"eager", "triton", "copy"} <= set(timed), results
     assert all(m["median_ms"] > 0 for m in timed.values())
     assert timed["triton"]["max_rel_err_vs_eager"] < 1e-3
+
+
+@pytest.mark.skipif(not _extension.is_loaded(), reason="the compiled composition needs meranet_fast._C")
+def test_the_composition_overhead_script_compares_equal_computations(tmp_path):
+    """benchmarks/composition_overhead.py (docs/design.md §4.2): its Python composition gives ra_tail's values
+    and gradients (the script checks them before timing), and it writes both timings."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "composition_overhead.py")
+    out = tmp_path / "composition.json"
+    run = subprocess.run([sys.executable, script, "--shapes", "2x32x2x3x4,1x16x1x2x2", "--reps", "2",
+                          "--warmup", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [m["shape"] for m in results["measurements"]] == ["2x32x2x3x4", "1x16x1x2x2"]
+    assert all(m["cpp_ms"] > 0 and m["python_ms"] > 0 for m in results["measurements"])
+    assert results["backend"] == "cpp"
