@@ -152,3 +152,29 @@ def test_st_attention_refuses_float64_by_name():
                                            r"got Double \(the CUDA st_attention kernels compute in float32; "
                                            r"float64 runs on backend 'cpp' or 'eager'\)"):
         kernel(ops.st_attention_fwd)(x, w, None)
+
+
+# Property-based: the two comparisons above on shapes, dtypes, layouts and kernel sizes drawn by hypothesis
+# (the profiles of tests/conftest.py: derandomized "ci" by default), C from 1 to 2048, up to 16384 elements
+# (the emulator runs a fiber per CUDA thread). On a machine without hypothesis the test skips with the reason.
+try:
+    from hypothesis import assume, given, settings
+    from hypothesis import strategies as st
+except ImportError as exc:
+    _NO_HYPOTHESIS = f"hypothesis is a dev dependency (pip install -e '.[dev]'): {exc}"
+
+    @pytest.mark.skip(reason=_NO_HYPOTHESIS)
+    def test_cuda_kernels_match_cpu_on_drawn_inputs():
+        pass
+else:
+    @settings(max_examples=12)
+    @given(n=st.integers(1, 2), c=st.one_of(st.integers(1, 40), st.sampled_from([255, 2048])),
+           t=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 12),
+           dtype=st.sampled_from(DTYPES + [torch.float64]),
+           layout=st.sampled_from(["contiguous", "channels_last_3d", "sliced"]), k=st.sampled_from([3, 5, 7]))
+    def test_cuda_kernels_match_cpu_on_drawn_inputs(n, c, t, h, w, dtype, layout, k):
+        assume(n * c * t * h * w <= 16384)
+        shape = (n, c, t, h, w)
+        if dtype != torch.float64:  # the CUDA st_attention kernels refuse float64 (a test above)
+            test_st_attention_cuda_matches_cpu(shape, dtype, layout, k)
+        test_channel_attention_and_ra_tail_cuda_match_cpu(shape, dtype, layout, k)
