@@ -149,6 +149,8 @@ def test_config_and_data_differences_are_listed():
     now = {"model": "meranet18", "classes": ["a", "b"], "workers": 0, "out": "y", "lr": 1e-3}
     assert config_differences(saved, now) == []  # tuple vs list is the same value; workers and out may change
     assert {"workers", "out", "device", "resume"} <= MAY_CHANGE and "model" not in MAY_CHANGE
+    # A checkpoint from before the attention backend was called "backend" ("impl": "fused") resumes.
+    assert config_differences({**saved, "impl": "fused"}, {**now, "backend": "cpp"}) == []
     now["classes"] = ["a"]
     assert config_differences(saved, now) == ["classes: ['a', 'b'] in the checkpoint, ['a'] now"]
     old = {"classes": ["a", "b"], "train": {"d/s1/x": "a", "d/s1/y": "b"}, "test": {"d/s2/z": "a"}}
